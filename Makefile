@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+PY := .venv/bin/python
+
+.PHONY: deps demo test lint unit integration clean
+
+deps:
+	@bash tests/deps.sh
+
+demo: deps
+	$(PY) -m tests.lab demo $(DEMO_ARGS)
+
+lint: deps
+	$(PY) -m ruff check pve_mirror tests bench
+	$(PY) -m ruff format --check pve_mirror tests bench
+	$(PY) -m mypy
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+test: lint
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf .venv .lab .mypy_cache .ruff_cache .pytest_cache build *.egg-info

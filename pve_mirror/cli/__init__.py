@@ -1,0 +1,1 @@
+"""The pvesh-style command line: argument parsing, output and the top-level error catch."""

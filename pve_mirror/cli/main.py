@@ -1,0 +1,65 @@
+"""Entry point of ``pve-mirror``: parse, dispatch to a command, print, exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from pve_mirror import __version__
+from pve_mirror.cli import cmd_inventory
+from pve_mirror.cli.common import CommandResult, apply_defaults, common_options
+from pve_mirror.errors import PveMirrorError
+from pve_mirror.output import render
+
+# Each module has register(subparsers, parent) and sets ``handler`` on its parsers.
+COMMAND_MODULES: list[ModuleType] = [cmd_inventory]
+
+PROG = "pve-mirror"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Give the full argument parser (also used to generate the man page)."""
+    parent = common_options()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[parent],
+        description="Disaster recovery for Proxmox VE on Ceph: RBD mirroring, config sync "
+        "and failover between two sites.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    subparsers.required = True
+    for module in COMMAND_MODULES:
+        module.register(subparsers, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; give the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_defaults(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: CommandResult = args.handler(args)
+        out = render(result.data, args.output_format, result.text)
+    except PveMirrorError as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    for warning in result.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if out:
+        print(out)
+    sys.stdout.flush()
+    return result.exit_code
