@@ -1,0 +1,1 @@
+"""What the commands do: each action builds its result from the adapters (pve, ceph, ...)."""

@@ -1,0 +1,1 @@
+"""Adapters to Ceph: image names, cluster connections and RBD mirroring."""

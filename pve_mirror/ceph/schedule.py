@@ -1,0 +1,81 @@
+"""Mirror snapshot schedules through the mgr's rbd_support module (no ``rbd`` process).
+
+The level spec is rbd_support's: ``pool/image`` or ``pool/namespace/image`` for an
+image, ``pool/`` for a whole pool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pve_mirror.ceph.cluster import Cluster
+from pve_mirror.ceph.imagespec import ImageSpec
+from pve_mirror.errors import UsageError
+
+_INTERVAL = re.compile(r"^(\d+)([mhd])$")
+_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> int:
+    """Give the seconds of a schedule interval like ``5m``, ``1h``, ``1d``.
+
+    Raises UsageError for anything rbd_support would refuse (it counts in minutes).
+    """
+    match = _INTERVAL.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise UsageError(f"invalid schedule interval {text!r}: use minutes, hours or days, e.g. 5m")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def level_spec(spec: ImageSpec) -> str:
+    """Give rbd_support's level spec for an image."""
+    if spec.namespace:
+        return f"{spec.pool}/{spec.namespace}/{spec.image}"
+    return f"{spec.pool}/{spec.image}"
+
+
+def list_schedules(cluster: Cluster, spec: ImageSpec) -> list[str]:
+    """Give the intervals scheduled at the image's own level (not inherited ones)."""
+    out = cluster.mgr_command(
+        {"prefix": "rbd mirror snapshot schedule list", "level_spec": level_spec(spec)},
+        f"list mirror snapshot schedules of {spec}",
+    )
+    data = json.loads(out or "{}")
+    # rbd_support answers {level_id: {"name": ..., "schedule": [{"interval": ...}]}}
+    intervals: list[str] = []
+    for entry in data.values() if isinstance(data, dict) else []:
+        if entry.get("name") == level_spec(spec):
+            intervals += [str(item["interval"]) for item in entry.get("schedule", [])]
+    return intervals
+
+
+def add_schedule(cluster: Cluster, spec: ImageSpec, interval: str) -> str:
+    """Schedule mirror snapshots of the image every ``interval``; a no-op if already so."""
+    parse_interval(interval)
+    if interval in list_schedules(cluster, spec):
+        return f"schedule {interval} already present"
+    cluster.mgr_command(
+        {
+            "prefix": "rbd mirror snapshot schedule add",
+            "level_spec": level_spec(spec),
+            "interval": interval,
+        },
+        f"add mirror snapshot schedule {interval} to {spec}",
+    )
+    return f"schedule {interval} added"
+
+
+def remove_schedules(cluster: Cluster, spec: ImageSpec) -> str:
+    """Remove every schedule at the image's level; a no-op if there is none."""
+    intervals = list_schedules(cluster, spec)
+    for interval in intervals:
+        cluster.mgr_command(
+            {
+                "prefix": "rbd mirror snapshot schedule remove",
+                "level_spec": level_spec(spec),
+                "interval": interval,
+            },
+            f"remove mirror snapshot schedule {interval} from {spec}",
+        )
+    return f"removed schedules {','.join(intervals)}" if intervals else "no schedule"

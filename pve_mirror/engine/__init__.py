@@ -1,0 +1,1 @@
+"""Plan, then act: steps, journals, the cluster-wide lock and the bounded executor."""

@@ -1,0 +1,128 @@
+"""Runs a plan: phase after phase, the steps of a phase concurrently with a bound.
+
+Each step is journalled before and after it runs. A step done in an earlier run is
+not repeated. When a step fails, the later steps of the same group (guest) are
+skipped and every other group goes on; the outcome lists every step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pve_mirror.engine.journal import Journal
+from pve_mirror.engine.plan import Plan, Step
+from pve_mirror.errors import PveMirrorError
+
+StepFunction = Callable[[Step], str]
+Progress = Callable[[str], None]
+
+DONE = "done"
+ALREADY_DONE = "already-done"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What became of one step."""
+
+    step: Step
+    status: str
+    detail: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give the outcome as plain data."""
+        return {
+            "step": self.step.id,
+            "guest": self.step.group,
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def execute_plan(
+    plan: Plan,
+    functions: Mapping[str, StepFunction],
+    journal: Journal | None,
+    *,
+    concurrency: int = 8,
+    progress: Progress | None = None,
+) -> list[StepOutcome]:
+    """Run every step of ``plan`` and give one outcome per step, in plan order.
+
+    A step function gives a one-line detail or raises PveMirrorError; anything else
+    it raises is a bug and propagates (the journal still shows the step as started,
+    so a rerun retries it). Raises KeyError if the plan has a kind with no function.
+    """
+    missing = {s.kind for s in plan.steps} - set(functions)
+    if missing:
+        raise KeyError(f"no function for step kinds {sorted(missing)}")
+    done_before = journal.done_steps() if journal else {}
+    failed_groups: set[str] = set()
+    outcomes: dict[str, StepOutcome] = {}
+    total = len(plan.steps)
+    counter = _Counter(total, progress)
+
+    def run_one(item: Step) -> StepOutcome:
+        if item.id in done_before:
+            return counter.report(StepOutcome(item, ALREADY_DONE, done_before[item.id], 0.0))
+        if journal:
+            journal.record(item.id, "start")
+        started = time.monotonic()
+        try:
+            detail = functions[item.kind](item)
+        except PveMirrorError as exc:
+            if journal:
+                journal.record(item.id, "failed", str(exc))
+            return counter.report(StepOutcome(item, FAILED, str(exc), time.monotonic() - started))
+        if journal:
+            journal.record(item.id, "done", detail)
+        return counter.report(StepOutcome(item, DONE, detail, time.monotonic() - started))
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        for phase in plan.phases():
+            runnable = []
+            for item in phase:
+                if item.group in failed_groups:
+                    why = "skipped: an earlier step of this guest failed"
+                    outcomes[item.id] = counter.report(StepOutcome(item, SKIPPED, why, 0.0))
+                else:
+                    runnable.append(item)
+            for outcome in pool.map(run_one, runnable):
+                outcomes[outcome.step.id] = outcome
+                if outcome.status == FAILED:
+                    failed_groups.add(outcome.step.group)
+    return [outcomes[s.id] for s in plan.steps]
+
+
+class _Counter:
+    """Thread-safe progress lines: ``[n/total] status: description``."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.progress = progress
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def report(self, outcome: StepOutcome) -> StepOutcome:
+        with self.lock:
+            self.count += 1
+            if self.progress:
+                detail = f" ({outcome.detail})" if outcome.detail else ""
+                self.progress(
+                    f"[{self.count}/{self.total}] {outcome.status}: "
+                    f"{outcome.step.description}{detail}"
+                )
+        return outcome
+
+
+def all_succeeded(outcomes: list[StepOutcome]) -> bool:
+    """Tell whether every step is done (now or in an earlier run)."""
+    return all(o.status in (DONE, ALREADY_DONE) for o in outcomes)

@@ -1,0 +1,1 @@
+"""Adapters to the Proxmox VE configuration in /etc/pve (read like Proxmox does)."""

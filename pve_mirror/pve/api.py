@@ -1,0 +1,163 @@
+"""The PVE API behind a small contract, with the backend chosen by name.
+
+``pvesh`` talks to the local node through Proxmox's own CLI (bookworm's proxmoxer 1.2
+has no ``local`` backend); ``https`` talks to the other site's API with an API token
+through proxmoxer. Both give the ``data`` member of PVE's answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from pve_mirror import execute
+from pve_mirror.errors import ConfigError, PveApiError
+
+
+class PveApi(Protocol):
+    """What pve-mirror needs of an API: GET and POST on a path like ``/cluster/resources``."""
+
+    name: str
+
+    def get(self, path: str, **params: Any) -> Any:
+        """Give the answer's data; raises PveApiError."""
+        ...
+
+    def post(self, path: str, **params: Any) -> Any:
+        """Give the answer's data; raises PveApiError."""
+        ...
+
+
+@dataclass(frozen=True)
+class HttpsEndpoint:
+    """How to reach a PVE API over HTTPS with an API token (``user@realm!tokenid``)."""
+
+    url: str
+    token_id: str
+    secret_file: Path
+    ca_file: Path | None = None
+    verify: bool = True
+    timeout: float = 15.0
+
+    def host_port(self) -> tuple[str, int]:
+        """Give host and port of the URL; raises ConfigError for a URL that is not https."""
+        parts = urlsplit(self.url if "://" in self.url else f"https://{self.url}")
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError(f"PVE API URL must be https://host[:port], not {self.url!r}")
+        return parts.hostname, parts.port or 8006
+
+
+class HttpsApi:
+    """The https backend: proxmoxer's real client with API-token auth."""
+
+    def __init__(self, endpoint: HttpsEndpoint, name: str = "peer") -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from proxmoxer import ProxmoxAPI  # Debian's python3-proxmoxer; import only when used
+
+        host, port = self.endpoint.host_port()
+        user, sep, token_name = self.endpoint.token_id.partition("!")
+        if not sep or "@" not in user:
+            raise ConfigError(
+                f"API token id must look like user@realm!tokenid, not {self.endpoint.token_id!r}"
+            )
+        try:
+            secret = self.endpoint.secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the API token secret: {exc.strerror}", str(self.endpoint.secret_file)
+            ) from exc
+        verify: bool | str = self.endpoint.verify
+        if self.endpoint.verify and self.endpoint.ca_file is not None:
+            verify = str(self.endpoint.ca_file)
+        self._client = ProxmoxAPI(
+            host,
+            port=port,
+            backend="https",
+            user=user,
+            token_name=token_name,
+            token_value=secret,
+            verify_ssl=verify,
+            timeout=self.endpoint.timeout,
+        )
+        return self._client
+
+    def _call(self, method: str, path: str, params: dict[str, Any]) -> Any:
+        import requests
+        from proxmoxer.core import ResourceException
+
+        resource = self._connect()
+        for part in path.strip("/").split("/"):
+            resource = resource(part)
+        try:
+            return getattr(resource, method)(**params)
+        except ResourceException as exc:
+            raise PveApiError(f"{self.name} API: {method.upper()} {path}: {exc}") from exc
+        except requests.exceptions.SSLError as exc:
+            raise PveApiError(
+                f"{self.name} API: TLS verification of {self.endpoint.url} failed "
+                "(set the peer's CA file or api-verify 0)"
+            ) from exc
+        except requests.exceptions.RequestException as exc:
+            raise PveApiError(
+                f"{self.name} API: cannot reach {self.endpoint.url}: {type(exc).__name__}"
+            ) from exc
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path``; raises PveApiError on an HTTP error or when unreachable."""
+        return self._call("get", path, params)
+
+    def post(self, path: str, **params: Any) -> Any:
+        """POST ``path``; raises PveApiError on an HTTP error or when unreachable."""
+        return self._call("post", path, params)
+
+
+class PveshApi:
+    """The local backend: ``pvesh`` on this node, which needs no credentials as root."""
+
+    name = "local"
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        self.timeout = timeout
+
+    def _call(self, verb: str, path: str, params: dict[str, Any]) -> Any:
+        argv = ["pvesh", verb, path, "--output-format", "json"]
+        for key, value in params.items():
+            argv += [f"--{key}", str(value)]
+        result = execute.run(argv, timeout=self.timeout)
+        # Worker tasks print their log before the final line (the UPID or JSON).
+        last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "null"
+        try:
+            return json.loads(last)
+        except ValueError:
+            return last
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` through pvesh; raises CommandError with pvesh's message."""
+        return self._call("get", path, params)
+
+    def post(self, path: str, **params: Any) -> Any:
+        """POST ``path`` through pvesh (``pvesh create``); raises CommandError."""
+        return self._call("create", path, params)
+
+
+def open_api(backend: str, endpoint: HttpsEndpoint | None = None, name: str = "peer") -> PveApi:
+    """Give the API backend named ``backend`` (``pvesh`` or ``https``).
+
+    Raises ConfigError for an unknown backend or an https backend without an endpoint.
+    """
+    if backend == "pvesh":
+        return PveshApi()
+    if backend == "https":
+        if endpoint is None:
+            raise ConfigError("the https API backend needs a URL and an API token")
+        return HttpsApi(endpoint, name)
+    raise ConfigError(f"unknown PVE API backend {backend!r} (expected pvesh or https)")

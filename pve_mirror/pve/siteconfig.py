@@ -1,0 +1,335 @@
+"""``<root>/pve-mirror.cfg``: this site, its peer, the storage map and the mirrored guests.
+
+The file is in SectionConfig format like ``storage.cfg`` so that it lives in
+``/etc/pve`` and is the same on every node of the cluster::
+
+    site: site-a
+        peer site-b
+
+    peer: site-b
+        api-url https://192.0.2.10:8006
+        api-token root@pam!pve-mirror
+        ceph-user admin
+        ssh root@192.0.2.10
+        node pve-b1
+
+    storagemap: ceph-rbd
+        target ceph-rbd
+
+    guest: vm:100
+        mode snapshot
+        schedule 5m
+        order 1
+
+Secrets are never in this file: the peer's Ceph conf and keyring, its API token secret
+and CA are files under ``<root>/priv/pve-mirror/`` named after the peer. Comments,
+unknown keys and skipped sections survive a rewrite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pve_mirror.ceph.cluster import ClusterAccess
+from pve_mirror.errors import ConfigError, NotFoundError
+from pve_mirror.policy import DEFAULT_MODE, MirrorMode, parse_mode
+from pve_mirror.pve.api import HttpsEndpoint
+from pve_mirror.pve.root import GuestType
+from pve_mirror.pve.sectionconfig import (
+    Prop,
+    Section,
+    SectionConfigFile,
+    SectionFormat,
+    boolean,
+    integer,
+    parse_section_config,
+    string,
+    valid_section_id,
+)
+from pve_mirror.pve.storage import decode_config
+
+SITE_CFG = "pve-mirror.cfg"
+PRIV_DIR = Path("priv") / "pve-mirror"
+_GUEST_ID = re.compile(r"(vm|ct):([1-9]\d{2,8})", re.ASCII)
+_KIND_BY_PREFIX: dict[str, GuestType] = {"vm": "qemu", "ct": "lxc"}
+_PREFIX_BY_KIND = {kind: prefix for prefix, kind in _KIND_BY_PREFIX.items()}
+_INTERVAL = r"[1-9]\d*[mhd]"
+
+_SITE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+FORMAT = SectionFormat(
+    types={
+        "site": {
+            "peer": Prop(string(_SITE_NAME, "site name")),
+            "comment": Prop(string()),
+            "concurrency": Prop(integer(1)),
+        },
+        "peer": {
+            "api-url": Prop(string(r"https://\S+", "API URL")),
+            "api-token": Prop(string(r"[^\s!]+@[^\s!]+![A-Za-z][A-Za-z0-9.\-_]*", "API token id")),
+            "api-verify": Prop(boolean),
+            "ceph-user": Prop(string(r"[A-Za-z0-9_.\-]+", "Ceph user")),
+            "ssh": Prop(
+                string(
+                    r"[A-Za-z0-9_.\-]+@[A-Za-z0-9_.:\-\[\]]+|[A-Za-z0-9_.:\-\[\]]+", "SSH target"
+                )
+            ),
+            "ssh-port": Prop(integer(1)),
+            "node": Prop(string(r"[A-Za-z0-9][A-Za-z0-9\-]*", "node name")),
+            "comment": Prop(string()),
+        },
+        "storagemap": {
+            "target": Prop(string(r"[a-z][a-z0-9\-_.]*[a-z0-9]", "storage ID")),
+            "comment": Prop(string()),
+        },
+        "guest": {
+            "mode": Prop(string(r"snapshot|journal", "mirror mode")),
+            "schedule": Prop(string(_INTERVAL, "schedule interval")),
+            "order": Prop(integer(0)),
+            "group": Prop(string(r"[A-Za-z0-9_.\-]+", "priority group")),
+            "enabled": Prop(boolean),
+            "comment": Prop(string()),
+        },
+    },
+    check_id=lambda section_id: (
+        None
+        if _GUEST_ID.fullmatch(section_id) or re.fullmatch(_SITE_NAME, section_id, re.ASCII)
+        else valid_section_id(section_id)
+    ),
+)
+
+
+def guest_id(kind: GuestType, vmid: int) -> str:
+    """Give the section ID of a guest: ``vm:100`` or ``ct:200``."""
+    return f"{_PREFIX_BY_KIND[kind]}:{vmid}"
+
+
+@dataclass(frozen=True)
+class PeerSite:
+    """The other site: how to reach its Ceph cluster, its PVE API and its nodes."""
+
+    name: str
+    api_url: str | None
+    api_token: str | None
+    api_verify: bool
+    ceph_user: str
+    ssh: str | None
+    ssh_port: int
+    node: str | None
+
+    def files(self, root: Path) -> dict[str, Path]:
+        """Give the peer's private files under ``<root>/priv/pve-mirror/``."""
+        base = root / PRIV_DIR
+        return {
+            "ceph-conf": base / f"{self.name}.conf",
+            "keyring": base / f"{self.name}.keyring",
+            "api-secret": base / f"{self.name}.token",
+            "api-ca": base / f"{self.name}.ca.pem",
+            "ssh-key": base / f"{self.name}.ssh_key",
+        }
+
+    def ceph_access(self, root: Path) -> ClusterAccess:
+        """Give how to connect to the peer's Ceph cluster; raises ConfigError if unset up."""
+        files = self.files(root)
+        if not files["ceph-conf"].is_file():
+            raise ConfigError(
+                f"the Ceph conf of peer site {self.name} is missing "
+                "(run 'pve-mirror site init' or copy it there)",
+                str(files["ceph-conf"]),
+            )
+        options = (("keyring", str(files["keyring"])),)
+        return ClusterAccess(self.name, self.ceph_user, str(files["ceph-conf"]), options)
+
+    def api_endpoint(self, root: Path) -> HttpsEndpoint:
+        """Give the peer's PVE API endpoint; raises ConfigError if no URL or token is set."""
+        if not self.api_url or not self.api_token:
+            raise ConfigError(
+                f"peer site {self.name} has no api-url/api-token", str(root / SITE_CFG)
+            )
+        files = self.files(root)
+        ca = files["api-ca"] if files["api-ca"].is_file() else None
+        return HttpsEndpoint(self.api_url, self.api_token, files["api-secret"], ca, self.api_verify)
+
+
+@dataclass(frozen=True)
+class GuestEntry:
+    """A mirrored guest and how it is mirrored and started."""
+
+    kind: GuestType
+    vmid: int
+    mode: MirrorMode = DEFAULT_MODE
+    schedule: str | None = None
+    order: int | None = None
+    group: str | None = None
+    enabled: bool = True
+
+    @property
+    def section_id(self) -> str:
+        """Give the section ID (``vm:100``)."""
+        return guest_id(self.kind, self.vmid)
+
+
+class SiteConfig:
+    """The parsed ``pve-mirror.cfg`` with typed access and atomic saving."""
+
+    def __init__(self, path: Path, doc: SectionConfigFile) -> None:
+        self.path = path
+        self.doc = doc
+
+    @property
+    def warnings(self) -> list[str]:
+        """Give the problems met reading the file, one line each."""
+        return self.doc.warnings
+
+    def _sections(self, section_type: str) -> list[Section]:
+        return [s for s in self.doc if s.type == section_type]
+
+    @property
+    def local_name(self) -> str:
+        """Give this site's name; raises ConfigError if the file has no ``site:`` section."""
+        sites = self._sections("site")
+        if not sites:
+            raise ConfigError("no 'site:' section: run 'pve-mirror site init'", str(self.path))
+        return sites[0].id
+
+    @property
+    def concurrency(self) -> int:
+        """Give how many images or guests are worked on at once (default 8)."""
+        sites = self._sections("site")
+        return int(sites[0].get("concurrency") or 8) if sites else 8
+
+    def peer(self) -> PeerSite:
+        """Give the peer site; raises ConfigError if none is configured."""
+        sites = self._sections("site")
+        wanted = sites[0].get("peer") if sites else None
+        peers = self._sections("peer")
+        chosen = [p for p in peers if wanted is None or p.id == wanted]
+        if not chosen:
+            raise ConfigError(
+                f"no 'peer: {wanted or '<name>'}' section: run 'pve-mirror site init'",
+                str(self.path),
+            )
+        p = chosen[0]
+        return PeerSite(
+            name=p.id,
+            api_url=p.get("api-url"),
+            api_token=p.get("api-token"),
+            api_verify=p.get("api-verify", "1") == "1",
+            ceph_user=p.get("ceph-user") or "admin",
+            ssh=p.get("ssh"),
+            ssh_port=int(p.get("ssh-port") or 22),
+            node=p.get("node"),
+        )
+
+    def storage_map(self) -> dict[str, str]:
+        """Give local storage ID -> peer storage ID for the storages with an explicit entry."""
+        return {s.id: s.get("target") or s.id for s in self._sections("storagemap")}
+
+    def peer_storage(self, storeid: str) -> str:
+        """Give the peer's storage ID for a local one (the same ID unless mapped)."""
+        return self.storage_map().get(storeid, storeid)
+
+    def guests(self) -> list[GuestEntry]:
+        """Give the mirrored guests, in VMID order."""
+        out = []
+        for s in self._sections("guest"):
+            match = _GUEST_ID.fullmatch(s.id)
+            if not match:
+                continue
+            order = s.get("order")
+            out.append(
+                GuestEntry(
+                    kind=_KIND_BY_PREFIX[match.group(1)],
+                    vmid=int(match.group(2)),
+                    mode=parse_mode(s.get("mode") or DEFAULT_MODE),
+                    schedule=s.get("schedule"),
+                    order=int(order) if order is not None else None,
+                    group=s.get("group"),
+                    enabled=s.get("enabled", "1") == "1",
+                )
+            )
+        return sorted(out, key=lambda g: g.vmid)
+
+    def guest(self, kind: GuestType, vmid: int) -> GuestEntry | None:
+        """Give the entry of one guest, or None."""
+        return next((g for g in self.guests() if g.kind == kind and g.vmid == vmid), None)
+
+    def set_guest(self, entry: GuestEntry) -> None:
+        """Add or update the entry of a guest, keeping other keys and comments."""
+        values = {
+            "mode": entry.mode,
+            "schedule": entry.schedule,
+            "order": None if entry.order is None else str(entry.order),
+            "group": entry.group,
+            "enabled": "1" if entry.enabled else "0",
+        }
+        section = self.doc.get(entry.section_id)
+        if section is None:
+            self.doc.add("guest", entry.section_id, {k: v for k, v in values.items() if v})
+            return
+        for key, value in values.items():
+            section.set(key, value)
+
+    def remove_guest(self, kind: GuestType, vmid: int) -> bool:
+        """Remove a guest's entry; give whether there was one."""
+        if self.doc.get(guest_id(kind, vmid)) is None:
+            return False
+        self.doc.remove(guest_id(kind, vmid))
+        return True
+
+    def set_section(
+        self, section_type: str, section_id: str, values: dict[str, str | None]
+    ) -> None:
+        """Create or update a section (used by ``site init``); None removes a key."""
+        section = self.doc.get(section_id)
+        if section is None:
+            self.doc.add(section_type, section_id, {k: v for k, v in values.items() if v})
+            return
+        if section.type != section_type:
+            raise ConfigError(
+                f"section '{section_id}' is a {section.type}, not a {section_type}", str(self.path)
+            )
+        for key, value in values.items():
+            section.set(key, value)
+
+    def render(self) -> str:
+        """Give the file's text."""
+        return self.doc.render()
+
+    def save(self) -> None:
+        """Write the file atomically (temporary file + rename, as pmxcfs supports)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
+        tmp.write_text(self.render(), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def load_site_config(root: Path, *, required: bool = True) -> SiteConfig:
+    """Give the parsed ``<root>/pve-mirror.cfg``.
+
+    A missing file raises NotFoundError saying to run ``site init`` (or, with
+    ``required`` off, gives an empty config); an unreadable one raises ConfigError.
+    """
+    path = root / SITE_CFG
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        if not required:
+            return SiteConfig(path, parse_section_config("", str(path), FORMAT))
+        raise NotFoundError(
+            f"{path} not found: this cluster is not set up for pve-mirror "
+            "(run 'pve-mirror site init')"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from exc
+    text, _bad = decode_config(data)
+    return SiteConfig(path, parse_section_config(text, str(path), FORMAT))
+
+
+def guest_kind(prefix: str) -> GuestType:
+    """Give ``qemu`` for ``vm`` and ``lxc`` for ``ct``; raises ConfigError otherwise."""
+    if prefix not in _KIND_BY_PREFIX:
+        raise ConfigError(f"unknown guest type {prefix!r} (expected vm or ct)")
+    return _KIND_BY_PREFIX[prefix]
