@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each sets itself up.
 PY := .venv/bin/python
 
-.PHONY: deps demo test lint unit integration clean
+.PHONY: deps demo test lint unit integration clean deb package-test
 
 deps:
 	@bash tests/deps.sh
@@ -23,5 +23,11 @@ integration: deps
 test: lint
 	$(PY) -m pytest -q tests
 
+deb:
+	bash .ci/package-test.sh build
+
+package-test:
+	bash .ci/package-test.sh
+
 clean:
-	rm -rf .venv .lab .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf .venv .lab .mypy_cache .ruff_cache .pytest_cache .pybuild build *.egg-info

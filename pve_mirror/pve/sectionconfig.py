@@ -190,6 +190,8 @@ class SectionConfigFile:
     # ("text", line) chunks interleaved with sections for rendering.
     _chunks: list[Section | str] = field(default_factory=list)
     _trailing_newline: bool = True
+    # The format's rule for section IDs, also applied to sections added later.
+    check_id: Callable[[str], str | None] = valid_section_id
 
     @property
     def warnings(self) -> list[str]:
@@ -210,7 +212,7 @@ class SectionConfigFile:
         """Append a new section with ``values`` (written as ``\\tkey value`` lines)."""
         if self.get(section_id) is not None:
             raise ConfigError(f"section '{section_id}' already exists", self.path)
-        problem = valid_section_id(section_id)
+        problem = self.check_id(section_id)
         if problem:
             raise ConfigError(problem, self.path)
         section = Section(section_type, section_id, 0, raw=[f"{section_type}: {section_id}"])
@@ -253,7 +255,7 @@ def parse_section_config(text: str, path: str, fmt: SectionFormat) -> SectionCon
 
     Problems are collected in ``errors`` (file and line each); what can be read is kept.
     """
-    result = SectionConfigFile(path)
+    result = SectionConfigFile(path, check_id=fmt.check_id)
     lines = text.split("\n")
     result._trailing_newline = text.endswith("\n")
     if result._trailing_newline:

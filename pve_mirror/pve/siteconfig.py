@@ -78,6 +78,8 @@ FORMAT = SectionFormat(
             ),
             "ssh-port": Prop(integer(1)),
             "node": Prop(string(r"[A-Za-z0-9][A-Za-z0-9\-]*", "node name")),
+            # The peer's config root: /etc/pve on a real node; elsewhere in the lab.
+            "root": Prop(string(r"/[^\s]*", "absolute path")),
             "comment": Prop(string()),
         },
         "storagemap": {
@@ -118,6 +120,7 @@ class PeerSite:
     ssh: str | None
     ssh_port: int
     node: str | None
+    root: str = "/etc/pve"
 
     def files(self, root: Path) -> dict[str, Path]:
         """Give the peer's private files under ``<root>/priv/pve-mirror/``."""
@@ -221,6 +224,7 @@ class SiteConfig:
             ssh=p.get("ssh"),
             ssh_port=int(p.get("ssh-port") or 22),
             node=p.get("node"),
+            root=p.get("root") or "/etc/pve",
         )
 
     def storage_map(self) -> dict[str, str]:
