@@ -35,19 +35,29 @@ def level_spec(spec: ImageSpec) -> str:
     return f"{spec.pool}/{spec.image}"
 
 
-def list_schedules(cluster: Cluster, spec: ImageSpec) -> list[str]:
-    """Give the intervals scheduled at the image's own level (not inherited ones)."""
+def pool_schedules(cluster: Cluster, pool: str, namespace: str = "") -> dict[str, list[str]]:
+    """Give the intervals scheduled at image level in a pool, by image level spec.
+
+    Listed from the pool level: rbd_support refuses an image-level listing for an
+    image that is not (or no longer) in snapshot mirroring mode.
+    """
+    level = f"{pool}/{namespace}/" if namespace else f"{pool}/"
     out = cluster.mgr_command(
-        {"prefix": "rbd mirror snapshot schedule list", "level_spec": level_spec(spec)},
-        f"list mirror snapshot schedules of {spec}",
+        {"prefix": "rbd mirror snapshot schedule list", "level_spec": level},
+        f"list mirror snapshot schedules of {level}",
     )
     data = json.loads(out or "{}")
     # rbd_support answers {level_id: {"name": ..., "schedule": [{"interval": ...}]}}
-    intervals: list[str] = []
+    found: dict[str, list[str]] = {}
     for entry in data.values() if isinstance(data, dict) else []:
-        if entry.get("name") == level_spec(spec):
-            intervals += [str(item["interval"]) for item in entry.get("schedule", [])]
-    return intervals
+        name = str(entry.get("name", "")).replace("//", "/")
+        found.setdefault(name, []).extend(str(i["interval"]) for i in entry.get("schedule", []))
+    return found
+
+
+def list_schedules(cluster: Cluster, spec: ImageSpec) -> list[str]:
+    """Give the intervals scheduled at the image's own level (not inherited ones)."""
+    return pool_schedules(cluster, spec.pool, spec.namespace).get(level_spec(spec), [])
 
 
 def add_schedule(cluster: Cluster, spec: ImageSpec, interval: str) -> str:

@@ -71,6 +71,9 @@ class HttpsApi:
             )
         try:
             secret = self.endpoint.secret_file.read_text(encoding="utf-8").strip()
+            # Accept the secret alone, or the whole "user@realm!tokenid=secret" line.
+            if secret.startswith(f"{self.endpoint.token_id}="):
+                secret = secret.partition("=")[2]
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the API token secret: {exc.strerror}", str(self.endpoint.secret_file)

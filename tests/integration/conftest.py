@@ -14,3 +14,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+# Fixtures shared by the integration tests (pytest finds them through this conftest).
+from tests.integration.sites import sites  # noqa: E402, F401

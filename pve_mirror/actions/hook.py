@@ -1,0 +1,465 @@
+"""The guest hookscript: what it checks at each phase, and ``pve-mirror hook install``.
+
+PVE runs a guest's hookscript as ``<script> <vmid> <phase>``; only a failing
+``pre-start`` stops the start. pve-mirror's hook:
+
+- ``pre-start``: refuses (exit 1, one line on stderr) when a mirrored RBD disk of the
+  guest's current config is not primary at this site, so a guest never starts on a
+  copy it cannot write; it also refuses when the mirroring state cannot be read
+  (fail closed). A disk whose image is not mirrored at all is fine.
+- ``post-stop``: takes a mirror snapshot of each snapshot-mode disk that is primary
+  here, so the guest's final state replicates (a failure is only a warning).
+- other phases: nothing.
+
+A hookscript the guest had before is chained, not replaced: its volume ID is kept in
+``<root>/pve-mirror/hooks/<vmid>.chain`` and it runs first with the same arguments
+(if it fails at pre-start, the start is refused).
+
+This module is on the hook's start path: it imports only the config readers and the
+Ceph adapters, nothing of the API clients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pve_mirror import execute
+from pve_mirror.ceph.cluster import ClusterAccess, connected
+from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
+from pve_mirror.engine.execute_plan import Progress, StepOutcome, execute_plan
+from pve_mirror.engine.plan import Plan, Step, step
+from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
+from pve_mirror.pve.guestconfig import GuestConfig
+from pve_mirror.pve.root import CONFIG_DIRS, LABELS, ConfigRoot, GuestRef, GuestType
+from pve_mirror.pve.storage import RbdStorage, Storage, StorageConfig
+
+HOOK_NAME = "pve-mirror-hook"
+PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
+CHAIN_DIR = Path("pve-mirror") / "hooks"
+PYTHON = "/usr/bin/python3"
+HOOK_MODULE = "pve_mirror.hookscript"
+DEFAULT_ROOT = "/etc/pve"
+CONNECT_TIMEOUT = 10.0
+CHAIN_TIMEOUT = 600.0
+CONFIG_MODE = 0o640
+# Where Debian's python3 finds packages without help.
+_SYSTEM_PATHS = ("/usr/lib/python3/", "/usr/local/lib/python3")
+_VMID = re.compile(r"[1-9]\d{2,8}", re.ASCII)
+_SNIPPET_VOLID = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):snippets/([^/\s]+)", re.ASCII)
+# Roles whose image a start does not write: detached disks and a snapshot's RAM state.
+_IDLE_ROLES = ("unused", "vmstate")
+
+
+# --- the snippet -----------------------------------------------------------------------
+
+
+def snippet_text(root: str | None = None, pythonpath: str | None = None) -> str:
+    """Give the hookscript's text.
+
+    Without ``root`` it reads ``$PVE_MIRROR_ROOT`` (default /etc/pve): the packaged
+    ``hooks/pve-mirror-hook``. ``hook install`` pins the root it installs for, and
+    adds ``PYTHONPATH`` when pve_mirror is not where Debian's python3 looks.
+    """
+    lines = [
+        "#!/bin/sh",
+        "# pve-mirror guest hookscript. PVE runs it as: <script> <vmid> <phase>.",
+        "# pre-start refuses to start a guest whose mirrored RBD disks are not primary",
+        "# at this site; post-stop takes a mirror snapshot. Installed and chained by",
+        "# 'pve-mirror hook install'; do not edit a copy in snippets/, rerun that.",
+    ]
+    if root is None:
+        lines.append(f'PVE_MIRROR_ROOT="${{PVE_MIRROR_ROOT:-{DEFAULT_ROOT}}}"')
+    else:
+        lines.append(f"PVE_MIRROR_ROOT={shlex.quote(root)}")
+    lines.append("export PVE_MIRROR_ROOT")
+    if pythonpath is not None:
+        lines += [f"PYTHONPATH={shlex.quote(pythonpath)}", "export PYTHONPATH"]
+    lines.append(f'exec {PYTHON} -m {HOOK_MODULE} "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def package_pythonpath() -> str | None:
+    """Give the directory holding pve_mirror if Debian's python3 would not find it, else None."""
+    import pve_mirror
+
+    base = Path(pve_mirror.__file__).resolve().parent.parent
+    if any(str(base).startswith(p) for p in _SYSTEM_PATHS):
+        return None
+    return str(base)
+
+
+def hook_volid(storeid: str) -> str:
+    """Give the hookscript volume ID on storage ``storeid``."""
+    return f"{storeid}:snippets/{HOOK_NAME}"
+
+
+def chain_file(root: Path, vmid: int) -> Path:
+    """Give the file that names the hookscript chained before ours for ``vmid``."""
+    return root / CHAIN_DIR / f"{vmid}.chain"
+
+
+def snippet_path(storages: StorageConfig, volid: str) -> Path:
+    """Give the file of a ``<storage>:snippets/<file>`` volume.
+
+    Raises ConfigError if the volume is not a snippet or its storage has no path.
+    """
+    m = _SNIPPET_VOLID.fullmatch(volid)
+    if not m:
+        raise ConfigError(f"'{volid}' is not a snippets volume (<storage>:snippets/<file>)")
+    storage = storages.get(m.group(1))
+    if storage is None:
+        raise ConfigError(f"storage '{m.group(1)}' of hookscript {volid} does not exist")
+    base = storage.options.get("path")
+    if not base:
+        raise ConfigError(f"storage '{m.group(1)}' has no path for snippets")
+    return Path(base) / "snippets" / m.group(2)
+
+
+# --- running the hook ------------------------------------------------------------------
+
+
+@dataclass
+class HookOutcome:
+    """What the hook prints and its exit code."""
+
+    exit_code: int = 0
+    output: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # The chained hookscript's own stderr, passed on as it is.
+    chained_stderr: list[str] = field(default_factory=list)
+
+
+def run_hook(root: Path, vmid_text: str, phase: str) -> HookOutcome:
+    """Run the hook for one guest and phase; give its exit code and lines.
+
+    Never raises a PveMirrorError: at pre-start every error refuses the start (fail
+    closed), at other phases it is a warning.
+    """
+    outcome = HookOutcome()
+    if not _VMID.fullmatch(vmid_text):
+        outcome.exit_code = 2
+        outcome.errors.append(f"invalid VMID {vmid_text!r}")
+        return outcome
+    vmid = int(vmid_text)
+    if phase not in PHASES:
+        return outcome
+    try:
+        _run_chained(root, vmid, phase, outcome)
+        if outcome.exit_code:
+            return outcome
+        if phase == "pre-start":
+            _pre_start(root, vmid, outcome)
+        elif phase == "post-stop":
+            _post_stop(root, vmid, outcome)
+    except PveMirrorError as exc:
+        if phase == "pre-start":
+            outcome.exit_code = 1
+            outcome.errors.append(
+                f"VMID {vmid}: refusing to start, cannot check mirroring (fail closed): {exc}"
+            )
+        else:
+            outcome.errors.append(f"warning: VMID {vmid} {phase}: {exc}")
+    return outcome
+
+
+def _run_chained(root: Path, vmid: int, phase: str, outcome: HookOutcome) -> None:
+    path = chain_file(root, vmid)
+    try:
+        volid = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from exc
+    storages = ConfigRoot(root).storage_config()
+    script = snippet_path(storages, volid)
+    done = execute.run(
+        [str(script), str(vmid), phase], timeout=CHAIN_TIMEOUT, check=False
+    )
+    outcome.output += done.stdout.splitlines()
+    outcome.chained_stderr += done.stderr.splitlines()
+    if done.returncode != 0:
+        message = f"chained hookscript {volid} failed on {phase} (exit {done.returncode})"
+        if phase == "pre-start":
+            outcome.exit_code = 1
+            outcome.errors.append(f"VMID {vmid}: refusing to start: {message}")
+        else:
+            outcome.errors.append(f"warning: VMID {vmid}: {message}")
+
+
+def find_guest(root: Path, vmid: int) -> GuestRef:
+    """Give the guest ``vmid`` by looking only at its own file names on each node.
+
+    Raises NotFoundError if no node has it.
+    """
+    nodes = root / "nodes"
+    try:
+        names = sorted(os.listdir(nodes))
+    except OSError as exc:
+        raise NotFoundError(f"{root} is not a PVE config root (no nodes/ directory)") from exc
+    kinds: tuple[GuestType, ...] = ("qemu", "lxc")
+    for node in names:
+        for kind in kinds:
+            path = nodes / node / CONFIG_DIRS[kind] / f"{vmid}.conf"
+            if path.is_file():
+                return GuestRef(vmid, kind, node, path)
+    raise NotFoundError(f"no guest {vmid} in {root}/nodes (is PVE_MIRROR_ROOT right?)")
+
+
+def started_disks(root: Path, vmid: int) -> tuple[GuestRef, list[GuestDisk], StorageConfig]:
+    """Give the guest and the RBD disks a start uses (current and pending, not unused/vmstate).
+
+    Raises NotFoundError/ConfigError when the guest or a disk cannot be resolved.
+    """
+    config_root = ConfigRoot(root)
+    ref = find_guest(root, vmid)
+    config = config_root.read_guest(ref)
+    storages = config_root.storage_config()
+    disks = [
+        d
+        for d in resolve_guest_disks(ref, _current_only(config), storages, strict=True)
+        if d.mirrorable and d.spec is not None and d.role not in _IDLE_ROLES
+    ]
+    return ref, disks, storages
+
+
+def _current_only(config: GuestConfig) -> GuestConfig:
+    """Give the config without its snapshots: the current one and the pending changes
+    (a VM start applies them)."""
+    sections = [config.main]
+    if config.pending is not None:
+        sections.append(config.pending)
+    return GuestConfig(config.kind, config.path, sections, list(config.errors))
+
+
+def cluster_groups(
+    disks: list[GuestDisk], storages: StorageConfig, root: Path
+) -> list[tuple[ClusterAccess, list[GuestDisk]]]:
+    """Group disks by Ceph cluster (same monitors or conf, same user): one connection each."""
+    groups: dict[tuple[str, str], tuple[ClusterAccess, list[GuestDisk]]] = {}
+    for disk in disks:
+        storage = storages.get(disk.storage or "")
+        if not isinstance(storage, RbdStorage):
+            continue
+        connection = storage.connection(root)
+        key = (connection.mon_host or str(connection.conf_file), connection.client_id)
+        if key not in groups:
+            access = ClusterAccess(
+                name=storage.storeid,
+                client_id=connection.client_id,
+                conffile=str(connection.conf_file) if connection.conf_file else None,
+                options=tuple(connection.rados_conf().items()),
+            )
+            groups[key] = (access, [])
+        groups[key][1].append(disk)
+    return list(groups.values())
+
+
+def _pre_start(root: Path, vmid: int, outcome: HookOutcome) -> None:
+    ref, disks, storages = started_disks(root, vmid)
+    blocked: list[str] = []
+    for access, group in cluster_groups(disks, storages, root):
+        with connected(access, CONNECT_TIMEOUT) as cluster:
+            for disk in group:
+                assert disk.spec is not None
+                info = mirror_info(cluster, disk.spec)
+                if info.state != "disabled" and not info.primary:
+                    blocked.append(f"{disk.key} ({disk.spec})")
+    if blocked:
+        outcome.exit_code = 1
+        disks_text = ", ".join(blocked)
+        outcome.errors.append(
+            f"{ref.label}: refusing to start: mirrored disk {disks_text} is not primary "
+            "at this site (fail over with 'pve-mirror failover' first, or start it on the "
+            "primary site)"
+        )
+
+
+def _post_stop(root: Path, vmid: int, outcome: HookOutcome) -> None:
+    ref, disks, storages = started_disks(root, vmid)
+    for access, group in cluster_groups(disks, storages, root):
+        try:
+            with connected(access, CONNECT_TIMEOUT) as cluster:
+                for disk in group:
+                    assert disk.spec is not None
+                    try:
+                        info = mirror_info(cluster, disk.spec)
+                        if info.state == "enabled" and info.mode == SNAPSHOT and info.primary:
+                            snap_id = create_snapshot(cluster, disk.spec)
+                            outcome.output.append(
+                                f"pve-mirror: {ref.label} {disk.key}: mirror snapshot "
+                                f"{snap_id} of {disk.spec}"
+                            )
+                    except PveMirrorError as exc:
+                        outcome.errors.append(f"warning: {ref.label} {disk.key}: {exc}")
+        except PveMirrorError as exc:
+            outcome.errors.append(f"warning: {ref.label}: {exc}")
+
+
+# --- hook install ------------------------------------------------------------------------
+
+
+@dataclass
+class InstallPlan:
+    """What ``hook install`` will do."""
+
+    root: Path
+    storage: str
+    volid: str
+    path: Path
+    text: str
+    plan: Plan
+    warnings: list[str] = field(default_factory=list)
+
+
+def snippets_storage(storages: StorageConfig, storeid: str) -> tuple[Storage, Path, list[str]]:
+    """Give the storage, its snippets directory and warnings.
+
+    Raises NotFoundError for an unknown storage and PolicyError unless it is a ``dir``
+    storage with a path.
+    """
+    storage = storages.get(storeid)
+    if storage is None:
+        raise NotFoundError(f"storage '{storeid}' is not defined in storage.cfg")
+    base = storage.options.get("path")
+    if storage.type != "dir" or not base:
+        raise PolicyError(
+            f"storage '{storeid}' is {storage.type}, not a directory storage with a path: "
+            "hookscripts must be files in a snippets/ directory"
+        )
+    warnings = []
+    if "snippets" not in storage.content:
+        warnings.append(
+            f"storage '{storeid}' does not list 'snippets' in its content; PVE needs it "
+            f"(pvesm set {storeid} --content {','.join((*storage.content, 'snippets'))})"
+        )
+    if storage.options.get("shared") != "1":
+        warnings.append(
+            f"storage '{storeid}' is not shared: run 'pve-mirror hook install' on every node"
+        )
+    return storage, Path(base) / "snippets", warnings
+
+
+def plan_install(root: Path, storeid: str = "local") -> InstallPlan:
+    """Give the plan to install the hook on ``storeid`` and set it on every enabled guest.
+
+    A guest that already has our hook is left alone; one with another hookscript gets
+    ours with the old one chained; a locked guest is skipped with a warning. Raises
+    NotFoundError/PolicyError for an unusable storage or a missing pve-mirror.cfg.
+    """
+    from pve_mirror.pve.siteconfig import load_site_config
+
+    site = load_site_config(root)
+    config_root = ConfigRoot(root)
+    storages = config_root.storage_config()
+    _storage, directory, warnings = snippets_storage(storages, storeid)
+    volid = hook_volid(storeid)
+    target = directory / HOOK_NAME
+    text = snippet_text(str(root), package_pythonpath())
+    plan = Plan("hook-install", f"install the pve-mirror hookscript as {volid}")
+    current = _read_text(target)
+    if current == text and os.access(target, os.X_OK):
+        plan.notes.append(f"{target} is up to date")
+    else:
+        what = "update" if current is not None else "write"
+        plan.add(step("snippet", 1, str(target), "hook", f"{what} {target} (mode 0755)"))
+    by_vmid = {ref.vmid: ref for ref in config_root.guests()}
+    for entry in site.guests():
+        if not entry.enabled:
+            continue
+        ref = by_vmid.get(entry.vmid)
+        if ref is None or ref.kind != entry.kind:
+            warnings.append(f"{entry.section_id}: no such guest here, skipped")
+            continue
+        config = config_root.read_guest(ref)
+        lock = config.main.get("lock")
+        old = config.main.get("hookscript")
+        if old == volid:
+            plan.notes.append(f"{ref.label}: hookscript already set")
+            continue
+        if lock:
+            warnings.append(f"{ref.label} is locked ({lock}); skipped, rerun later")
+            continue
+        group = f"{ref.kind}:{ref.vmid}"
+        if old:
+            description = f"{ref.label}: set hookscript {volid}, chaining {old}"
+        else:
+            description = f"{ref.label}: set hookscript {volid}"
+        plan.add(
+            step("set-hook", 2, group, group, description, path=str(ref.path), old=old or "")
+        )
+    return InstallPlan(root, storeid, volid, target, text, plan, warnings)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def run_install(install: InstallPlan, progress: Progress | None = None) -> list[StepOutcome]:
+    """Carry out an install plan; give one outcome per step.
+
+    Each guest config is re-read and rewritten atomically with only its ``hookscript``
+    line changed; a guest whose hookscript changed since planning fails its step.
+    """
+
+    def write_snippet(_step: Step) -> str:
+        install.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = install.path.with_name(f".{HOOK_NAME}.tmp.{os.getpid()}")
+        try:
+            tmp.write_text(install.text, encoding="utf-8")
+            tmp.chmod(0o755)
+            os.replace(tmp, install.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write: {exc.strerror}", str(install.path)) from exc
+        return "written"
+
+    def set_hook(item: Step) -> str:
+        path = Path(item.param("path"))
+        old = item.param("old")
+        kind: GuestType = "qemu" if path.parent.name == CONFIG_DIRS["qemu"] else "lxc"
+        ref = GuestRef(int(path.stem), kind, path.parent.parent.name, path)
+        config = ConfigRoot(install.root).read_guest(ref, strict=False)
+        now = config.main.get("hookscript") or ""
+        if now == install.volid:
+            return "already set"
+        if now != old:
+            raise PolicyError(
+                f"{LABELS[kind]} {ref.vmid}: hookscript changed since planning "
+                f"({old or 'none'} -> {now or 'none'}); rerun"
+            )
+        if old:
+            write_atomic(chain_file(install.root, ref.vmid), (old + "\n").encode())
+        config.set("hookscript", install.volid)
+        write_atomic(path, config.render_bytes())
+        return f"chained {old}" if old else "set"
+
+    return execute_plan(
+        install.plan, {"snippet": write_snippet, "set-hook": set_hook}, None, progress=progress
+    )
+
+
+def write_atomic(path: Path, data: bytes, mode: int = CONFIG_MODE) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+    Raises ConfigError naming the file if it cannot be written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write: {exc.strerror}", str(path)) from exc

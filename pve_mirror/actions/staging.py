@@ -1,0 +1,517 @@
+"""Guest configs staged by the other site: validate them, report what they need, install one.
+
+``pve-mirror sync`` on site A fills ``<root>/pve-mirror/staging/A/`` on site B::
+
+    manifest.json                 per file: VMID, type, source node, sha256, mtime, sync time
+    qemu-server/<vmid>.conf       the VM configs, byte for byte
+    lxc/<vmid>.conf               the CT configs
+
+Everything in there came from another machine, so :func:`load_staged` trusts nothing:
+only ``<vmid>.conf`` names (VMID 100..999999999) in those two directories, regular
+files (never a symlink, checked with lstat), no larger than pmxcfs allows (1 MiB),
+inside the staging directory once resolved, a config that parses strictly, and the
+checksum the manifest gives. Each problem is one line naming the file; nothing is
+written anywhere by the check. :func:`install_staged` writes one validated config
+into ``nodes/<node>/`` (the failover calls it), mapping storages and refusing to
+overwrite a guest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.pve.disks import resolve_guest_disks
+from pve_mirror.pve.guestconfig import GuestConfig
+from pve_mirror.pve.root import CONFIG_DIRS, LABELS, GuestRef, GuestType
+from pve_mirror.pve.storage import StorageConfig, decode_config, load_storage_config
+
+STAGING_DIR = Path("pve-mirror") / "staging"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# pmxcfs refuses files larger than 1 MiB, so a bigger "config" is not one.
+MAX_STAGED_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+KIND_BY_DIR: dict[str, GuestType] = {d: k for k, d in CONFIG_DIRS.items()}
+CONFIG_MODE = 0o640
+
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", re.ASCII)
+_CONF_NAME = re.compile(r"([1-9]\d{2,8})\.conf", re.ASCII)
+_NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?", re.ASCII)
+_BRIDGE = re.compile(r"(?:^|,)bridge=([^,]+)")
+_NET_KEY = re.compile(r"net\d+", re.ASCII)
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def staging_dir(root: Path, from_site: str) -> Path:
+    """Give ``<root>/pve-mirror/staging/<from_site>``; raises ConfigError for a bad site name."""
+    if not _SITE_NAME.fullmatch(from_site) or from_site in (".", ".."):
+        raise ConfigError(f"invalid site name {from_site!r}")
+    return root / STAGING_DIR / from_site
+
+
+def relative_name(kind: GuestType, vmid: int) -> str:
+    """Give the staged file's name relative to the staging dir: ``qemu-server/100.conf``."""
+    return f"{CONFIG_DIRS[kind]}/{vmid}.conf"
+
+
+@dataclass
+class StagedGuest:
+    """One staged guest config; ``problems`` empty means it may be installed."""
+
+    vmid: int
+    kind: GuestType
+    path: Path
+    data: bytes | None = None
+    config: GuestConfig | None = None
+    source_node: str | None = None
+    sha256: str | None = None
+    mtime: float | None = None
+    synced_at: str | None = None
+    storages: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether the config passed every check."""
+        return not self.problems and self.config is not None and self.data is not None
+
+    @property
+    def label(self) -> str:
+        """Give ``VM 100`` or ``CT 100``."""
+        return f"{LABELS[self.kind]} {self.vmid}"
+
+    @property
+    def name(self) -> str:
+        """Give the file name relative to the staging dir."""
+        return relative_name(self.kind, self.vmid)
+
+
+@dataclass
+class StagedSet:
+    """What one site staged here: its guests and the problems not tied to one guest."""
+
+    site: str
+    directory: Path
+    guests: list[StagedGuest]
+    problems: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def storage_map(self) -> dict[str, str]:
+        """Give the sender's storage map (its storage ID -> ours), from the manifest."""
+        raw = self.manifest.get("storage_map")
+        if not isinstance(raw, dict):
+            return {}
+        return {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+
+    @property
+    def synced_at(self) -> str | None:
+        """Give when the sender last synced (ISO 8601), per the manifest."""
+        value = self.manifest.get("synced_at")
+        return value if isinstance(value, str) else None
+
+    def all_problems(self) -> list[str]:
+        """Give every problem: the set's, then each guest's."""
+        return self.problems + [p for g in self.guests for p in g.problems]
+
+    def guest(self, vmid: int) -> StagedGuest:
+        """Give the staged guest ``vmid``; raises NotFoundError if it was not staged."""
+        for staged in self.guests:
+            if staged.vmid == vmid:
+                return staged
+        raise NotFoundError(f"no staged config for VMID {vmid} from site {self.site}")
+
+
+def load_staged(root: Path, from_site: str) -> StagedSet:
+    """Give the validated guest configs site ``from_site`` staged under ``root``.
+
+    Never raises for hostile content: each problem is a line in the result (the
+    set's ``problems`` or a guest's). Raises NotFoundError if nothing was ever
+    staged from that site and ConfigError for an invalid site name.
+    """
+    directory = staging_dir(root, from_site)
+    result = StagedSet(from_site, directory, [], [], {})
+    try:
+        top = directory.lstat()
+    except FileNotFoundError as exc:
+        raise NotFoundError(
+            f"{directory}: nothing staged from site {from_site} (run 'pve-mirror sync' there)"
+        ) from exc
+    if not stat.S_ISDIR(top.st_mode):
+        result.problems.append(f"{directory}: not a directory (a symlink?), ignored")
+        return result
+    base = directory.resolve()
+    result.manifest = _read_manifest(directory, result.problems)
+    entries = result.manifest.get("files", {})
+    listed: dict[str, dict[str, Any]] = entries if isinstance(entries, dict) else {}
+    seen: dict[int, StagedGuest] = {}
+    for entry in sorted(os.listdir(directory)):
+        path = directory / entry
+        if entry == MANIFEST:
+            continue
+        if entry not in KIND_BY_DIR:
+            result.problems.append(f"{path}: unexpected entry in the staging area, ignored")
+            continue
+        mode = path.lstat().st_mode
+        if not stat.S_ISDIR(mode):
+            result.problems.append(f"{path}: not a directory (a symlink?), ignored")
+            continue
+        kind = KIND_BY_DIR[entry]
+        for name in sorted(os.listdir(path)):
+            file_path = path / name
+            m = _CONF_NAME.fullmatch(name)
+            if not m:
+                result.problems.append(
+                    f"{file_path}: not a guest config name (<vmid>.conf, 100-999999999), ignored"
+                )
+                continue
+            staged = _load_one(base, kind, int(m.group(1)), file_path, listed)
+            other = seen.get(staged.vmid)
+            if other is not None:
+                message = f"VMID {staged.vmid} staged twice: {other.path} and {file_path}"
+                other.problems.append(message)
+                staged.problems.append(message)
+            seen[staged.vmid] = staged
+            result.guests.append(staged)
+    present = {g.name for g in result.guests}
+    for name in sorted(listed):
+        if name not in present and not _valid_relative(name):
+            result.problems.append(f"{MANIFEST}: invalid file name {name!r} listed, ignored")
+        elif name not in present:
+            result.problems.append(f"{directory / name}: listed in {MANIFEST} but missing")
+    result.guests.sort(key=lambda g: (g.vmid, g.kind))
+    return result
+
+
+def _valid_relative(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] in KIND_BY_DIR and bool(_CONF_NAME.fullmatch(parts[1]))
+
+
+def _read_manifest(directory: Path, problems: list[str]) -> dict[str, Any]:
+    path = directory / MANIFEST
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        problems.append(f"{path}: missing; no staged config can be verified")
+        return {}
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+        problems.append(f"{path}: not a regular file of at most 16 MiB, ignored")
+        return {}
+    try:
+        data = json.loads(_read_nofollow(path, MAX_MANIFEST_BYTES))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path}: unreadable manifest: {exc}")
+        return {}
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        problems.append(f"{path}: not a pve-mirror manifest (format {MANIFEST_FORMAT})")
+        return {}
+    return data
+
+
+def _read_nofollow(path: Path, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes of ``path``, refusing a symlink (O_NOFOLLOW)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _load_one(
+    base: Path, kind: GuestType, vmid: int, path: Path, listed: dict[str, dict[str, Any]]
+) -> StagedGuest:
+    staged = StagedGuest(vmid, kind, path)
+    meta = listed.get(staged.name)
+    if isinstance(meta, dict):
+        node = meta.get("node")
+        staged.source_node = node if isinstance(node, str) else None
+        mtime = meta.get("mtime")
+        staged.mtime = float(mtime) if isinstance(mtime, int | float) else None
+        synced = meta.get("synced_at")
+        staged.synced_at = synced if isinstance(synced, str) else None
+        storages = meta.get("storages")
+        if isinstance(storages, dict):
+            staged.storages = {str(k): str(v) for k, v in storages.items()}
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        staged.problems.append(f"{path}: is a symlink, refused")
+        return staged
+    if not stat.S_ISREG(info.st_mode):
+        staged.problems.append(f"{path}: not a regular file, refused")
+        return staged
+    if base not in path.resolve().parents:
+        staged.problems.append(f"{path}: resolves outside {base}, refused")
+        return staged
+    if info.st_size > MAX_STAGED_BYTES:
+        staged.problems.append(
+            f"{path}: {info.st_size} bytes, larger than the 1 MiB pmxcfs allows, refused"
+        )
+        return staged
+    try:
+        data = _read_nofollow(path, MAX_STAGED_BYTES)
+    except OSError as exc:
+        staged.problems.append(f"{path}: cannot read: {exc}")
+        return staged
+    if len(data) > MAX_STAGED_BYTES:
+        staged.problems.append(f"{path}: larger than the 1 MiB pmxcfs allows, refused")
+        return staged
+    staged.data = data
+    staged.sha256 = hashlib.sha256(data).hexdigest()
+    if not isinstance(meta, dict):
+        staged.problems.append(f"{path}: not listed in {MANIFEST}, refused")
+    else:
+        want = meta.get("sha256")
+        if not isinstance(want, str) or not _SHA256.fullmatch(want):
+            staged.problems.append(f"{path}: {MANIFEST} gives no valid sha256 for it, refused")
+        elif want != staged.sha256:
+            staged.problems.append(f"{path}: checksum differs from {MANIFEST}, refused")
+    text, bad_line = decode_config(data)
+    if bad_line is not None:
+        staged.problems.append(f"{path}:{bad_line}: invalid UTF-8, refused")
+        return staged
+    try:
+        staged.config = GuestConfig.parse(text, kind, str(path), strict=True)
+    except ConfigError as exc:
+        staged.problems.append(f"{exc}, refused")
+    return staged
+
+
+# --- what a staged guest needs from this site ------------------------------------------
+
+
+@dataclass
+class GuestCheck:
+    """The check of one staged guest: its problems and what this site lacks for it."""
+
+    staged: StagedGuest
+    missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    bridges: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Give the row of ``pve-mirror staging check``."""
+        staged = self.staged
+        return {
+            "vmid": staged.vmid,
+            "type": staged.kind,
+            "source_node": staged.source_node,
+            "synced_at": staged.synced_at,
+            "valid": staged.ok,
+            "problems": list(staged.problems),
+            "missing": list(self.missing),
+            "notes": list(self.notes),
+            "bridges": list(self.bridges),
+        }
+
+
+def map_storages(config: GuestConfig, storage_map: dict[str, str]) -> GuestConfig:
+    """Give a copy of ``config`` with every disk's storage renamed through ``storage_map``.
+
+    All renames happen at once (a map ``a->b, b->c`` moves ``a`` to ``b``, not to ``c``).
+    """
+    mapped = GuestConfig.parse(config.render(), config.kind, config.path)
+    moves = [(old, new) for old, new in sorted(storage_map.items()) if old != new]
+    for index, (old, _new) in enumerate(moves):
+        mapped.replace_storage(old, f"pve-mirror-tmp{index}")
+    for index, (_old, new) in enumerate(moves):
+        mapped.replace_storage(f"pve-mirror-tmp{index}", new)
+    return mapped
+
+
+def known_bridges(interfaces: Path, root: Path) -> set[str]:
+    """Give the network names guests may use here: ``iface`` names of ``interfaces`` and
+    the SDN vnets of ``<root>/sdn/vnets.cfg``. Raises ConfigError if ``interfaces`` is
+    unreadable."""
+    names: set[str] = set()
+    try:
+        text = interfaces.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", str(interfaces)) from exc
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "iface":
+            names.add(words[1])
+    try:
+        vnets = (root / "sdn" / "vnets.cfg").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        vnets = ""
+    for line in vnets.splitlines():
+        m = re.match(r"vnet:\s*(\S+)", line)
+        if m:
+            names.add(m.group(1))
+    return names
+
+
+def check_staged(
+    root: Path,
+    staged_set: StagedSet,
+    *,
+    storage_map: dict[str, str] | None = None,
+    bridges: set[str] | None = None,
+) -> list[GuestCheck]:
+    """Give, per staged guest, what this site lacks to run it.
+
+    Storages are mapped with ``storage_map`` (default: the sender's map from the
+    manifest) and looked up in this site's storage.cfg. Reported: a missing storage,
+    a disk on a storage that is not RBD here or was not RBD at the sender (its data is
+    not mirrored), an ISO or other file volume (must exist here), a host device or
+    bind mount, and each bridge (checked against ``bridges`` when given).
+    """
+    storages = load_storage_config(root)
+    mapping = staged_set.storage_map if storage_map is None else storage_map
+    checks = []
+    for staged in staged_set.guests:
+        check = GuestCheck(staged)
+        checks.append(check)
+        if staged.config is None:
+            continue
+        _check_disks(check, staged, map_storages(staged.config, mapping), storages, mapping)
+        used = sorted(
+            {
+                m.group(1)
+                for key, value in staged.config.main.values.items()
+                if _NET_KEY.fullmatch(key)
+                for m in [_BRIDGE.search(value)]
+                if m
+            }
+        )
+        check.bridges = used
+        for bridge in used:
+            if bridges is None:
+                check.notes.append(f"uses bridge {bridge} (not checked: make sure it exists)")
+            elif bridge not in bridges:
+                check.missing.append(f"bridge {bridge} does not exist on this node")
+    return checks
+
+
+def _check_disks(
+    check: GuestCheck,
+    staged: StagedGuest,
+    mapped: GuestConfig,
+    storages: StorageConfig,
+    mapping: dict[str, str],
+) -> None:
+    ref = GuestRef(staged.vmid, staged.kind, staged.source_node or "?", staged.path)
+    reverse = {new: old for old, new in mapping.items()}
+    for disk in resolve_guest_disks(ref, mapped, storages, strict=False):
+        where = disk.key if disk.section is None else f"{disk.key} [{disk.section}]"
+        volid = disk.volid or ""
+        if disk.storage is not None and storages.get(disk.storage) is None:
+            source = reverse.get(disk.storage, disk.storage)
+            via = f" (mapped from {source})" if source != disk.storage else ""
+            check.missing.append(f"{where}: storage {disk.storage}{via} does not exist here")
+            continue
+        if disk.error:
+            check.missing.append(disk.error)
+            continue
+        source_type = staged.storages.get(reverse.get(disk.storage or "", disk.storage or ""))
+        if disk.mirrorable:
+            if source_type is not None and source_type != "rbd":
+                check.missing.append(
+                    f"{where}: {volid} was on a {source_type} storage at the sending site, "
+                    "its data is not mirrored"
+                )
+            continue
+        if disk.role in ("cdrom", "cloudinit") and disk.storage is not None:
+            check.notes.append(f"{where}: needs {volid} on storage {disk.storage} here")
+        elif disk.storage is not None:
+            check.missing.append(
+                f"{where}: {volid} is on {disk.storage_type} storage {disk.storage}, "
+                "not mirrored RBD: its data is not at this site"
+            )
+        elif disk.volid not in (None, "none", "cdrom"):
+            check.notes.append(f"{where}: {disk.reason}")
+
+
+# --- installing one staged config ---------------------------------------------------------
+
+
+def existing_configs(root: Path, vmid: int) -> list[Path]:
+    """Give every config of ``vmid`` on any node, VM or CT."""
+    nodes = root / "nodes"
+    found = []
+    if nodes.is_dir():
+        for node in sorted(nodes.iterdir()):
+            for sub in CONFIG_DIRS.values():
+                path = node / sub / f"{vmid}.conf"
+                if path.exists() or path.is_symlink():
+                    found.append(path)
+    return found
+
+
+def render_for_install(staged: StagedGuest, storage_map: dict[str, str]) -> bytes:
+    """Give the bytes :func:`install_staged` would write (storages mapped).
+
+    Raises PolicyError if the staged config did not pass validation.
+    """
+    if not staged.ok or staged.config is None:
+        why = "; ".join(staged.problems) or "not validated"
+        raise PolicyError(f"{staged.label}: staged config cannot be installed: {why}")
+    return map_storages(staged.config, storage_map).render_bytes()
+
+
+def install_staged(
+    root: Path, staged: StagedGuest, target_node: str, storage_map: dict[str, str]
+) -> Path:
+    """Write ``staged`` as ``<root>/nodes/<target_node>/{qemu-server,lxc}/<vmid>.conf``.
+
+    Storage IDs are rewritten through ``storage_map`` (sender's ID -> ours). The file is
+    written atomically (temporary file in the same directory, then rename) with mode
+    0640, and the path is given. A rerun that finds exactly these bytes already there
+    succeeds without writing. Raises PolicyError if the config is not valid or the VMID
+    exists anywhere here (any node, VM or CT) with other content, NotFoundError if the
+    node does not exist, ConfigError for an invalid node name.
+    """
+    if not _NODE_NAME.fullmatch(target_node):
+        raise ConfigError(f"invalid node name {target_node!r}")
+    node_dir = root / "nodes" / target_node
+    if not node_dir.is_dir():
+        raise NotFoundError(f"node {target_node} does not exist in {root}/nodes")
+    data = render_for_install(staged, storage_map)
+    target = node_dir / CONFIG_DIRS[staged.kind] / f"{staged.vmid}.conf"
+    for path in existing_configs(root, staged.vmid):
+        if path == target and not path.is_symlink() and _same_content(path, data):
+            return target
+        raise PolicyError(
+            f"{staged.label}: VMID {staged.vmid} already exists here ({path}); "
+            "refusing to overwrite it"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, CONFIG_MODE)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write: {exc.strerror}", str(target)) from exc
+    return target
+
+
+def _same_content(path: Path, data: bytes) -> bool:
+    try:
+        return _read_nofollow(path, MAX_STAGED_BYTES) == data
+    except (OSError, PveMirrorError):
+        return False

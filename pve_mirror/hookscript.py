@@ -1,0 +1,44 @@
+"""The hookscript's entry point: ``python3 -m pve_mirror.hookscript <vmid> <phase>``.
+
+Kept apart from the CLI so that a guest start pays only for what the check needs
+(no argparse tree, no API client). The config root is ``$PVE_MIRROR_ROOT`` or
+/etc/pve; messages go to stderr as ``pve-mirror hook: ...`` lines, which PVE shows in
+the task log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PREFIX = "pve-mirror hook"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the hook for ``<vmid> <phase>``; give the exit code (non-zero refuses a start)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print(f"{PREFIX}: usage: pve-mirror-hook <vmid> <phase>", file=sys.stderr)
+        return 2
+    from pve_mirror.actions.hook import run_hook
+
+    root = Path(os.environ.get("PVE_MIRROR_ROOT") or "/etc/pve")
+    try:
+        outcome = run_hook(root, args[0], args[1])
+    except Exception as exc:  # noqa: BLE001 - a bug must not let a guest start unchecked
+        print(f"{PREFIX}: VMID {args[0]} {args[1]}: internal error: {exc!r}", file=sys.stderr)
+        return 1 if args[1] == "pre-start" else 0
+    for line in outcome.output:
+        print(line)
+    for line in outcome.chained_stderr:
+        print(line, file=sys.stderr)
+    for line in outcome.errors:
+        print(f"{PREFIX}: {line}", file=sys.stderr)
+    sys.stdout.flush()
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""rsync over SSH to the peer site: argv builders (pure) and one run function.
+
+The peer is reached as PVE admins set it up: ``ssh`` in ``BatchMode`` (never a
+password prompt), with a bounded connect timeout, optionally a dedicated key
+(``-i`` with ``IdentitiesOnly``) and a dedicated known-hosts file (then host keys
+are checked strictly). rsync runs with flags that suit pmxcfs on the receiving
+side: no owner/group, modes 0640 for files (the only mode pmxcfs accepts outside
+``priv``) and 0755 for directories (what pmxcfs reports, so no chmod is needed),
+checksums instead of size+mtime, and ``--mkpath`` to create the staging path.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from pve_mirror import execute
+from pve_mirror.errors import ConfigError
+
+RSYNC = "rsync"
+SSH = "ssh"
+CONNECT_TIMEOUT = 10
+IO_TIMEOUT = 60
+RUN_TIMEOUT = 300.0
+
+# Values that go into rsync's -e string must not need quoting beyond spaces.
+_SAFE_TOKEN = re.compile(r"[^'\"\\\n\r\t\0]+")
+_REMOTE_PATH = re.compile(r"/[A-Za-z0-9_.,+@=/\-]*")
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the peer over SSH; paths only, never a key itself.
+
+    ``known_hosts`` set means: use only that file and refuse unknown host keys.
+    Without it, the admin's own ssh configuration decides.
+    """
+
+    target: str
+    port: int = 22
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    connect_timeout: int = CONNECT_TIMEOUT
+
+    def host(self) -> str:
+        """Give the host part of the target (without ``user@``)."""
+        return self.target.rpartition("@")[2]
+
+
+def ssh_argv(options: SshOptions) -> list[str]:
+    """Give the ssh command (without the target) rsync uses to reach the peer.
+
+    Raises ConfigError if a path holds a character rsync's ``-e`` cannot carry.
+    """
+    argv = [
+        SSH,
+        "-p",
+        str(options.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={options.connect_timeout}",
+    ]
+    if options.identity is not None:
+        argv += ["-i", _checked(str(options.identity)), "-o", "IdentitiesOnly=yes"]
+    if options.known_hosts is not None:
+        argv += [
+            "-o",
+            f"UserKnownHostsFile={_checked(str(options.known_hosts))}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ]
+    return argv
+
+
+def _checked(value: str) -> str:
+    if not _SAFE_TOKEN.fullmatch(value):
+        raise ConfigError(f"path {value!r} cannot be passed to ssh through rsync (quotes?)")
+    return value
+
+
+def remote_spec(options: SshOptions, path: str) -> str:
+    """Give rsync's ``[user@]host:path`` for ``path`` on the peer (IPv6 in brackets).
+
+    Raises ConfigError for a path that is not absolute or holds unusual characters.
+    """
+    if not _REMOTE_PATH.fullmatch(path) or "/../" in f"{path}/":
+        raise ConfigError(f"invalid remote path {path!r}")
+    user, at, host = options.target.rpartition("@")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{user}{at}{host}:{path}"
+
+
+def push_argv(
+    source_dir: Path,
+    options: SshOptions,
+    remote_dir: str,
+    *,
+    delete: bool = True,
+    dry_run: bool = False,
+) -> list[str]:
+    """Give the rsync command that makes ``remote_dir`` on the peer a copy of ``source_dir``.
+
+    With ``delete`` files that are no longer in ``source_dir`` are removed there (the
+    directory must be ours alone). Links are never sent, ownership never set.
+    """
+    argv = [
+        RSYNC,
+        "--recursive",
+        "--checksum",
+        "--times",
+        "--perms",
+        "--chmod=D0755,F0640",
+        "--no-links",
+        "--no-owner",
+        "--no-group",
+        "--mkpath",
+        f"--timeout={IO_TIMEOUT}",
+        "--itemize-changes",
+        "-e",
+        " ".join(_quote_for_rsync(a) for a in ssh_argv(options)),
+    ]
+    if delete:
+        argv.append("--delete-after")
+    if dry_run:
+        argv.append("--dry-run")
+    # The trailing slashes copy the directory's content, not the directory itself.
+    argv += [f"{source_dir}/", remote_spec(options, remote_dir.rstrip("/") + "/")]
+    return argv
+
+
+def _quote_for_rsync(arg: str) -> str:
+    """Quote one argument of rsync's ``-e`` string (rsync splits it on spaces)."""
+    return f"'{arg}'" if " " in arg else arg
+
+
+def display(argv: list[str]) -> str:
+    """Give ``argv`` as a shell-pasteable line (for dry runs and messages)."""
+    return shlex.join(argv)
+
+
+def run(argv: list[str], timeout: float = RUN_TIMEOUT) -> execute.Completed:
+    """Run an rsync command; give what it printed.
+
+    Raises CommandError (carrying rsync's or ssh's last stderr line) if it fails.
+    """
+    return execute.run(argv, timeout=timeout)
+
+
+def changed_files(stdout: str) -> list[str]:
+    """Give the paths rsync's ``--itemize-changes`` output reports as sent or deleted."""
+    out = []
+    for line in stdout.splitlines():
+        code, _, name = line.partition(" ")
+        if not name:
+            continue
+        name = name.strip()
+        if name.endswith("/"):
+            continue
+        if code.startswith("*deleting") or code[:1] in ("<", ">", "c"):
+            out.append(name)
+    return out
