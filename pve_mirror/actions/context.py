@@ -11,7 +11,7 @@ from types import TracebackType
 
 from pve_mirror.ceph.cluster import Cluster, ClusterAccess
 from pve_mirror.ceph.imagespec import ImageSpec
-from pve_mirror.errors import ConfigError, NotFoundError
+from pve_mirror.errors import ConfigError
 from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
 from pve_mirror.pve.root import ConfigRoot, GuestRef, GuestType
 from pve_mirror.pve.siteconfig import SiteConfig, load_site_config
@@ -148,12 +148,9 @@ class SiteContext:
         Entries of guests whose config is not on this site (they run on the peer) are
         left out.
         """
-        refs = []
-        for entry in self.site.guests():
-            if not entry.enabled:
-                continue
-            try:
-                refs.append(self.root.guest(entry.kind, entry.vmid))
-            except NotFoundError:
-                continue
-        return refs
+        here = {(ref.kind, ref.vmid): ref for ref in self.root.guests()}
+        return [
+            here[(entry.kind, entry.vmid)]
+            for entry in self.site.guests()
+            if entry.enabled and (entry.kind, entry.vmid) in here
+        ]

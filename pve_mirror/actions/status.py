@@ -43,7 +43,7 @@ class DiskStatus:
     last_sync: float | None
     rpo_seconds: float | None
     bytes_per_second: float | None
-    in_sync: bool | None
+    copying: bool | None
     health: str = OK
     problems: list[str] = field(default_factory=list)
 
@@ -124,15 +124,18 @@ def collect_status(
     peer makes the affected disks ERROR instead.
     """
     now = time.time() if now is None else now
+    entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
     guests: list[tuple[GuestRef, str | None, list[MirroredDisk]]] = []
     for ref in refs:
-        entry = ctx.site.guest(ref.kind, ref.vmid)
+        entry = entries.get((ref.kind, ref.vmid))
         disks, _others = ctx.disks(ref)
         guests.append((ref, entry.schedule if entry else None, disks))
+    # One listing per pool of each cluster: two storages (librbd and krbd, say) often
+    # share a pool, so the key is the cluster's fsid, not the storage.
     views: dict[tuple[str, str, str], _PoolView] = {}
     for _ref, _sched, disks in guests:
         for item in disks:
-            key = (item.storage.storeid, item.spec.pool, item.spec.namespace)
+            key = _view_key(ctx, item)
             if key not in views:
                 views[key] = _pool_view(
                     ctx.local(item.storage), item.spec.pool, item.spec.namespace
@@ -144,7 +147,7 @@ def collect_status(
     except PveMirrorError as exc:
         peer_problem = f"peer cluster unreachable: {exc}"
     jobs = [
-        (ref, sched, item, views[(item.storage.storeid, item.spec.pool, item.spec.namespace)])
+        (ref, sched, item, views[_view_key(ctx, item)])
         for ref, sched, disks in guests
         for item in disks
     ]
@@ -160,6 +163,10 @@ def collect_status(
         mine = [row for (r, _s, _i, _v), row in zip(jobs, rows, strict=True) if r == ref]
         out.append(GuestStatus(guest_prefix(ref), ref.node, sched, mine))
     return out
+
+
+def _view_key(ctx: SiteContext, item: MirroredDisk) -> tuple[str, str, str]:
+    return ctx.local(item.storage).fsid, item.spec.pool, item.spec.namespace
 
 
 def _disk_status(
@@ -185,7 +192,7 @@ def _disk_status(
         last_sync=None,
         rpo_seconds=None,
         bytes_per_second=None,
-        in_sync=None,
+        copying=None,
     )
     cluster = ctx.local(item.storage)
     if info is None:
@@ -244,16 +251,21 @@ def _compare_with_peer(
     interval: str | None,
     now: float,
 ) -> None:
-    if not mirror.image_exists(peer, item.spec):
+    """Fill in the peer's role and, from the non-primary side's snapshots, the RPO.
+
+    One image open per disk: the non-primary copy holds what ``status`` needs (its
+    newest complete mirror snapshot and when it was taken).
+    """
+    peer_view = mirror.replica_view(peer, item.spec)
+    if peer_view is None:
         row.peer_role = "missing"
         row.flag(WARN, "no copy on the peer yet")
         return
-    peer_info = mirror.mirror_info(peer, item.spec)
-    row.peer_role = (
-        ("primary" if peer_info.primary else "non-primary")
-        if peer_info.state == "enabled"
-        else "not mirrored"
-    )
+    peer_info, peer_snaps = peer_view
+    if peer_info.state != "enabled":
+        row.peer_role = "not mirrored"
+    else:
+        row.peer_role = "primary" if peer_info.primary else "non-primary"
     if primary_here and peer_info.primary:
         row.flag(ERROR, "primary on both sites: split-brain risk, demote one side")
         return
@@ -263,14 +275,12 @@ def _compare_with_peer(
     if row.mode != "snapshot":
         return
     if primary_here:
-        state = sync_state(
-            mirror.mirror_snapshots(cluster, item.spec), mirror.mirror_snapshots(peer, item.spec)
-        )
+        replica = peer_snaps
     else:
-        state = sync_state(
-            mirror.mirror_snapshots(peer, item.spec), mirror.mirror_snapshots(cluster, item.spec)
-        )
-    row.in_sync = state.in_sync
+        local_view = mirror.replica_view(cluster, item.spec)
+        replica = local_view[1] if local_view else []
+    state = sync_state([], replica)
+    row.copying = state.copying
     row.last_sync = state.synced_at
     row.rpo_seconds = state.rpo_seconds(now)
     if row.rpo_seconds is None:

@@ -77,6 +77,7 @@ class Cluster:
         self._rados: RadosHandle | None = None
         self._ioctxs: dict[tuple[str, str], Ioctx] = {}
         self._lock = threading.Lock()
+        self._fsid: str | None = None
         self.rbd = rbd.RBD()
 
     def connect(self, timeout: float = 15.0) -> None:
@@ -102,6 +103,13 @@ class Cluster:
         if self._rados is None:
             raise CephError(f"not connected to {self.access.describe()}")
         return self._rados
+
+    @property
+    def fsid(self) -> str:
+        """Give the cluster's fsid (two accesses may reach the same cluster)."""
+        if self._fsid is None:
+            self._fsid = str(ceph_call(f"{self.access.name}: fsid", self.rados.get_fsid))
+        return self._fsid
 
     def ioctx(self, pool: str, namespace: str = "") -> Ioctx:
         """Give the IO context of ``pool``/``namespace``; raises CephError if there is no pool."""

@@ -223,20 +223,52 @@ def mirror_snapshots(cluster: Cluster, spec: ImageSpec) -> list[MirrorSnapshot]:
         return _mirror_snaps(cluster, spec, image)
 
 
-def _mirror_snaps(cluster: Cluster, spec: ImageSpec, image: Any) -> list[MirrorSnapshot]:
+def replica_view(
+    cluster: Cluster, spec: ImageSpec
+) -> tuple[MirrorInfo, list[MirrorSnapshot]] | None:
+    """Give an image's mirror info and mirror snapshots from one open, or None if missing.
+
+    Only the newest complete non-primary snapshot gets its timestamp read (each is a
+    round trip); the others have timestamp 0. This is what ``status`` needs per disk.
+    """
+    try:
+        with open_image(cluster, spec, read_only=True) as image:
+            info = _info(cluster, spec, image)
+            snaps = _mirror_snaps(cluster, spec, image, stamp_all=False)
+    except NotFoundError:
+        return None
+    return info, snaps
+
+
+def _mirror_snaps(
+    cluster: Cluster, spec: ImageSpec, image: Any, *, stamp_all: bool = True
+) -> list[MirrorSnapshot]:
     what = f"{cluster.access.name}: list snapshots of {spec}"
+    raw = ceph_call(what, lambda: list(image.list_snaps()))
+    newest_copy = max(
+        (
+            int(s["id"])
+            for s in raw
+            if s.get("namespace") == SNAP_NAMESPACE_MIRROR
+            and int((s.get("mirror") or {}).get("state", 0)) >= 2
+            and (s.get("mirror") or {}).get("complete")
+        ),
+        default=None,
+    )
     out = []
-    for snap in ceph_call(what, lambda: list(image.list_snaps())):
+    for snap in raw:
         if snap.get("namespace") != SNAP_NAMESPACE_MIRROR:
             continue
         mirror = snap.get("mirror") or {}
         state_number = int(mirror.get("state", 0))
         state = SNAP_STATES[state_number] if 0 <= state_number < 4 else str(state_number)
-        try:
-            stamp: dt.datetime = image.get_snap_timestamp(snap["id"])
-            timestamp = stamp.replace(tzinfo=dt.UTC).timestamp()
-        except rbd.Error:
-            timestamp = 0.0
+        timestamp = 0.0
+        if stamp_all or int(snap["id"]) == newest_copy:
+            try:
+                stamp: dt.datetime = image.get_snap_timestamp(snap["id"])
+                timestamp = stamp.replace(tzinfo=dt.UTC).timestamp()
+            except rbd.Error:
+                timestamp = 0.0
         raw_primary_id = mirror.get("primary_snap_id")
         primary_snap_id = None
         if not state.startswith("primary") and raw_primary_id is not None:

@@ -141,10 +141,12 @@ def status_list(cluster: Cluster, pool: str, namespace: str = "") -> dict[str, d
 
 
 def status_is_unreliable(status: dict[str, Any]) -> bool:
-    """Tell whether a listed status is the 16.2.15 listing bug that needs a per-image read."""
-    return status.get("description") == "status not found" or "primary" not in status.get(
-        "info", {}
-    )
+    """Tell whether a listed status is the 16.2.15 listing bug that needs a per-image read.
+
+    The listing never has ``info.primary`` in 16.2.15; callers take roles from
+    :meth:`rbd.RBD.mirror_image_info_list` and use the listing for the daemons' reports.
+    """
+    return status.get("description") == "status not found"
 
 
 def mirror_daemons(cluster: Cluster) -> list[dict[str, Any]]:
