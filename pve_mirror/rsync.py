@@ -6,7 +6,9 @@ password prompt), with a bounded connect timeout, optionally a dedicated key
 are checked strictly). rsync runs with flags that suit pmxcfs on the receiving
 side: no owner/group, modes 0640 for files (the only mode pmxcfs accepts outside
 ``priv``) and 0755 for directories (what pmxcfs reports, so no chmod is needed),
-checksums instead of size+mtime, and ``--mkpath`` to create the staging path.
+checksums instead of size+mtime, no directory times (pmxcfs), ``--delay-updates``
+so the new files appear together at the end, and ``--mkpath`` to create the
+staging path.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pve_mirror import execute
-from pve_mirror.errors import ConfigError
+from pve_mirror.errors import CommandError, ConfigError
 
 RSYNC = "rsync"
 SSH = "ssh"
@@ -112,12 +114,14 @@ def push_argv(
         "--recursive",
         "--checksum",
         "--times",
+        "--omit-dir-times",
         "--perms",
         "--chmod=D0755,F0640",
         "--no-links",
         "--no-owner",
         "--no-group",
         "--mkpath",
+        "--delay-updates",
         f"--timeout={IO_TIMEOUT}",
         "--itemize-changes",
         "-e",
@@ -145,9 +149,25 @@ def display(argv: list[str]) -> str:
 def run(argv: list[str], timeout: float = RUN_TIMEOUT) -> execute.Completed:
     """Run an rsync command; give what it printed.
 
-    Raises CommandError (carrying rsync's or ssh's last stderr line) if it fails.
+    Raises CommandError if it fails, carrying ssh's own message when the connection
+    failed (rsync's last line only says "unexplained error" then).
     """
-    return execute.run(argv, timeout=timeout)
+    try:
+        return execute.run(argv, timeout=timeout)
+    except CommandError as exc:
+        raise CommandError(exc.argv, exc.returncode, explain(exc.stderr)) from exc
+
+
+_SSH_HINTS = ("ssh:", "Permission denied", "Host key verification failed", "REMOTE HOST")
+
+
+def explain(stderr: str) -> str:
+    """Give the most telling line of a failed rsync's stderr (ssh's reason if any)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if any(hint in line for hint in _SSH_HINTS):
+            return line
+    return lines[-1] if lines else ""
 
 
 def changed_files(stdout: str) -> list[str]:

@@ -26,17 +26,22 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pve_mirror import execute
 from pve_mirror.ceph.cluster import ClusterAccess, connected
 from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
-from pve_mirror.engine.execute_plan import Progress, StepOutcome, execute_plan
-from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
 from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import CONFIG_DIRS, LABELS, ConfigRoot, GuestRef, GuestType
 from pve_mirror.pve.storage import RbdStorage, Storage, StorageConfig
+
+if TYPE_CHECKING:
+    from pve_mirror.engine.execute_plan import Progress, StepOutcome
+    from pve_mirror.engine.plan import Plan, Step
+
+# The engine (threads, journal) and subprocess handling are imported where they are
+# used: a guest start pays for neither unless a hookscript is chained.
 
 HOOK_NAME = "pve-mirror-hook"
 PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
@@ -175,11 +180,11 @@ def _run_chained(root: Path, vmid: int, phase: str, outcome: HookOutcome) -> Non
         return
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from exc
+    from pve_mirror import execute
+
     storages = ConfigRoot(root).storage_config()
     script = snippet_path(storages, volid)
-    done = execute.run(
-        [str(script), str(vmid), phase], timeout=CHAIN_TIMEOUT, check=False
-    )
+    done = execute.run([str(script), str(vmid), phase], timeout=CHAIN_TIMEOUT, check=False)
     outcome.output += done.stdout.splitlines()
     outcome.chained_stderr += done.stderr.splitlines()
     if done.returncode != 0:
@@ -252,7 +257,10 @@ def cluster_groups(
                 name=storage.storeid,
                 client_id=connection.client_id,
                 conffile=str(connection.conf_file) if connection.conf_file else None,
-                options=tuple(connection.rados_conf().items()),
+                options=(
+                    *connection.rados_conf().items(),
+                    ("client_mount_timeout", str(max(1, int(CONNECT_TIMEOUT)))),
+                ),
             )
             groups[key] = (access, [])
         groups[key][1].append(disk)
@@ -351,6 +359,7 @@ def plan_install(root: Path, storeid: str = "local") -> InstallPlan:
     ours with the old one chained; a locked guest is skipped with a warning. Raises
     NotFoundError/PolicyError for an unusable storage or a missing pve-mirror.cfg.
     """
+    from pve_mirror.engine.plan import Plan, step
     from pve_mirror.pve.siteconfig import load_site_config
 
     site = load_site_config(root)
@@ -389,9 +398,7 @@ def plan_install(root: Path, storeid: str = "local") -> InstallPlan:
             description = f"{ref.label}: set hookscript {volid}, chaining {old}"
         else:
             description = f"{ref.label}: set hookscript {volid}"
-        plan.add(
-            step("set-hook", 2, group, group, description, path=str(ref.path), old=old or "")
-        )
+        plan.add(step("set-hook", 2, group, group, description, path=str(ref.path), old=old or ""))
     return InstallPlan(root, storeid, volid, target, text, plan, warnings)
 
 
@@ -408,6 +415,7 @@ def run_install(install: InstallPlan, progress: Progress | None = None) -> list[
     Each guest config is re-read and rewritten atomically with only its ``hookscript``
     line changed; a guest whose hookscript changed since planning fails its step.
     """
+    from pve_mirror.engine.execute_plan import execute_plan
 
     def write_snippet(_step: Step) -> str:
         install.path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,11 @@ class InitOptions:
 
     name: str | None = None
     peer: str | None = None
+    api_url: str | None = None
+    api_token: str | None = None
+    api_secret_file: Path | None = None
+    api_ca: Path | None = None
+    node: str | None = None
     peer_ceph_conf: Path | None = None
     peer_keyring: Path | None = None
     peer_ceph_user: str | None = None
@@ -92,7 +97,13 @@ def update_site_config(root: Path, options: InitOptions) -> SiteConfig:
         raise ConfigError("give the peer site's name with --peer") from exc
     if name == peer_name:
         raise ConfigError(f"this site and its peer are both named {name}")
-    site.set_section("site", name, {"peer": peer_name})
+    site_values = {
+        "peer": peer_name,
+        "api-url": options.api_url,
+        "api-token": options.api_token,
+        "node": options.node,
+    }
+    site.set_section("site", name, {k: v for k, v in site_values.items() if v is not None})
     peer_values = {
         "api-url": options.peer_api_url,
         "api-token": options.peer_api_token,
@@ -122,7 +133,10 @@ def plan_init(root: Path, options: InitOptions) -> Plan:
         )
     )
     files = site.peer().files(root)
+    own = root / PRIV_DIR
     for source, target in (
+        (options.api_secret_file, own / f"{site.local_name}.token"),
+        (options.api_ca, own / f"{site.local_name}.ca.pem"),
         (options.peer_ceph_conf, files["ceph-conf"]),
         (options.peer_keyring, files["keyring"]),
         (options.peer_api_secret_file, files["api-secret"]),

@@ -93,6 +93,4 @@ def _run(args: argparse.Namespace) -> CommandResult:
     for line in outcome.errors:
         print(f"pve-mirror hook: {line}", file=sys.stderr)
     data = {"exit_code": outcome.exit_code, "output": outcome.output, "errors": outcome.errors}
-    return CommandResult(
-        data, text=lambda d: "\n".join(d["output"]), exit_code=outcome.exit_code
-    )
+    return CommandResult(data, text=lambda d: "\n".join(d["output"]), exit_code=outcome.exit_code)

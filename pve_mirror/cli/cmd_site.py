@@ -30,6 +30,20 @@ def register(
     p.add_argument("--name", help="this site's name")
     p.add_argument("--peer", help="the peer site's name")
     p.add_argument(
+        "--api-url",
+        metavar="URL",
+        help="this site's PVE API for failover (default: pvesh on this node)",
+    )
+    p.add_argument("--api-token", metavar="ID", help="API token id for --api-url")
+    p.add_argument(
+        "--api-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding that token's secret (copied, 0600)",
+    )
+    p.add_argument("--api-ca", type=Path, metavar="FILE", help="CA certificate of --api-url")
+    p.add_argument("--node", metavar="NODE", help="node of this site that receives guests")
+    p.add_argument(
         "--peer-ceph-conf",
         type=Path,
         metavar="FILE",
@@ -91,6 +105,11 @@ def _init(args: argparse.Namespace) -> CommandResult:
     options = site.InitOptions(
         name=args.name,
         peer=args.peer,
+        api_url=args.api_url,
+        api_token=args.api_token,
+        api_secret_file=args.api_secret_file,
+        api_ca=args.api_ca,
+        node=args.node,
         peer_ceph_conf=args.peer_ceph_conf,
         peer_keyring=args.peer_keyring,
         peer_ceph_user=args.peer_ceph_user,

@@ -68,7 +68,9 @@ def _sync(args: argparse.Namespace) -> CommandResult:
         planned, progress=None if quiet else lambda line: print(line, file=sys.stderr)
     )
     warnings = list(planned.warnings)
-    warnings += [f"{o.step.description}: {o.detail}" for o in result.outcomes if o.status == "failed"]
+    warnings += [
+        f"{o.step.description}: {o.detail}" for o in result.outcomes if o.status == "failed"
+    ]
     return CommandResult(
         result.to_dict(), text=_result_text, exit_code=0 if result.ok else 1, warnings=warnings
     )
@@ -91,15 +93,18 @@ def _plan_lines(plan: dict[str, Any]) -> str:
 
 
 def _result_text(data: dict[str, Any]) -> str:
-    lines = [f"Synced {len(data['guests'])} guest config(s) to {data['destination']}"]
+    if data["ok"]:
+        lines = [f"Synced {len(data['guests'])} guest config(s) to {data['destination']}"]
+    else:
+        lines = [f"Sync to {data['destination']} FAILED (see the warnings); prepared:"]
     for guest in data["guests"]:
-        lines.append(f"  {guest['file']:<24} node {guest['node']:<12} sha256 {guest['sha256'][:16]}")
+        lines.append(
+            f"  {guest['file']:<24} node {guest['node']:<12} sha256 {guest['sha256'][:16]}"
+        )
     if data["changed"]:
         lines.append("Changed there: " + ", ".join(data["changed"]))
-    else:
+    elif data["ok"]:
         lines.append("Nothing changed there (already up to date).")
-    if not data["ok"]:
-        lines.append("Some steps failed (see the warnings).")
     return "\n".join(lines)
 
 
@@ -125,9 +130,7 @@ def _check(args: argparse.Namespace) -> CommandResult:
 
 
 def _check_text(data: dict[str, Any]) -> str:
-    lines = [
-        f"Staged from {data['site']} ({data['directory']}), synced {data['synced_at'] or '?'}"
-    ]
+    lines = [f"Staged from {data['site']} ({data['directory']}), synced {data['synced_at'] or '?'}"]
     for guest in data["guests"]:
         label = f"{'VM' if guest['type'] == 'qemu' else 'CT'} {guest['vmid']}"
         state = "ok" if guest["valid"] else "INVALID"

@@ -63,6 +63,11 @@ FORMAT = SectionFormat(
     types={
         "site": {
             "peer": Prop(string(_SITE_NAME, "site name")),
+            # This site's own API: pvesh on the node (default) or https with a token.
+            "api-url": Prop(string(r"https://\S+", "API URL")),
+            "api-token": Prop(string(r"[^\s!]+@[^\s!]+![A-Za-z][A-Za-z0-9.\-_]*", "API token id")),
+            "api-verify": Prop(boolean),
+            "node": Prop(string(r"[A-Za-z0-9][A-Za-z0-9\-]*", "node name")),
             "comment": Prop(string()),
             "concurrency": Prop(integer(1)),
         },
@@ -202,6 +207,28 @@ class SiteConfig:
         """Give how many images or guests are worked on at once (default 8)."""
         sites = self._sections("site")
         return int(sites[0].get("concurrency") or 8) if sites else 8
+
+    def local_api(self, root: Path) -> HttpsEndpoint | None:
+        """Give this site's API endpoint if one is set (else pvesh on this node is used)."""
+        sites = self._sections("site")
+        if not sites or not sites[0].get("api-url") or not sites[0].get("api-token"):
+            return None
+        base = root / PRIV_DIR
+        name = sites[0].id
+        ca = base / f"{name}.ca.pem"
+        return HttpsEndpoint(
+            str(sites[0].get("api-url")),
+            str(sites[0].get("api-token")),
+            base / f"{name}.token",
+            ca if ca.is_file() else None,
+            sites[0].get("api-verify", "1") == "1",
+        )
+
+    @property
+    def local_node(self) -> str | None:
+        """Give the node that receives failed-over guests, if the site section names one."""
+        sites = self._sections("site")
+        return sites[0].get("node") if sites else None
 
     def peer(self) -> PeerSite:
         """Give the peer site; raises ConfigError if none is configured."""
