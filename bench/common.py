@@ -7,43 +7,32 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
-from tests.integration.sites import init_args, run_cli
 from tests.lab.ceph_lab import CephLab
-from tests.lab.pve_site import PveSite, pve_sites_for
+from tests.lab.drsetup import DrLab, setup_dr
+from tests.lab.pve_site import PveSite
 
 T = TypeVar("T")
 PY = sys.executable
 
 
-@dataclass
-class Bench:
-    """The lab and both PVE sites, paired."""
-
-    lab: CephLab
-    a: PveSite
-    b: PveSite
+Bench = DrLab
 
 
 @contextmanager
-def bench_sites() -> Iterator[Bench]:
-    """Give a paired two-site lab; takes it down afterwards only if it brought it up."""
+def bench_sites() -> Iterator[DrLab]:
+    """Give the paired two-site lab; takes it down afterwards only if it brought it up."""
     lab = CephLab()
     was_up = lab.is_up()
     lab.up()
+    dr = None
     try:
-        pve = pve_sites_for(lab.sites)
-        a, b = pve["site-a"], pve["site-b"]
-        for site in (a, b):
-            site.build()
-        for site, peer in ((a, b), (b, a)):
-            result = run_cli(site.root, *init_args(site, peer))
-            if result.rc != 0:
-                raise SystemExit(f"site init failed: {result.err}")
-        yield Bench(lab, a, b)
+        dr = setup_dr(lab)
+        yield dr
     finally:
+        if dr is not None:
+            dr.stop()
         if not was_up:
             lab.down()
 

@@ -12,6 +12,7 @@ from types import TracebackType
 from pve_mirror.ceph.cluster import Cluster, ClusterAccess
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.errors import ConfigError
+from pve_mirror.pve.api import PveApi, open_api
 from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
 from pve_mirror.pve.root import ConfigRoot, GuestRef, GuestType
 from pve_mirror.pve.siteconfig import SiteConfig, load_site_config
@@ -105,6 +106,18 @@ class SiteContext:
     def peer(self) -> Cluster:
         """Give the connected peer cluster; raises ConfigError/CephError if unreachable."""
         return self.cluster(self.site.peer().ceph_access(self.root.path))
+
+    def local_api(self) -> PveApi:
+        """Give this site's PVE API: https if pve-mirror.cfg sets one, else pvesh."""
+        endpoint = self.site.local_api(self.root.path)
+        if endpoint is None:
+            return open_api("pvesh")
+        return open_api("https", endpoint, name=self.site.local_name)
+
+    def peer_api(self) -> PveApi:
+        """Give the peer site's PVE API (https with its API token)."""
+        peer = self.site.peer()
+        return open_api("https", peer.api_endpoint(self.root.path), name=peer.name)
 
     def close(self) -> None:
         """Close every connection opened."""

@@ -54,6 +54,8 @@ class InitOptions:
     peer_api_ca: Path | None = None
     peer_ssh: str | None = None
     peer_ssh_port: int | None = None
+    peer_ssh_key: Path | None = None
+    peer_known_hosts: Path | None = None
     peer_node: str | None = None
     peer_root: str | None = None
     pair: bool = True
@@ -141,6 +143,8 @@ def plan_init(root: Path, options: InitOptions) -> Plan:
         (options.peer_keyring, files["keyring"]),
         (options.peer_api_secret_file, files["api-secret"]),
         (options.peer_api_ca, files["api-ca"]),
+        (options.peer_ssh_key, files["ssh-key"]),
+        (options.peer_known_hosts, files["known-hosts"]),
     ):
         if source is None:
             continue

@@ -42,7 +42,7 @@ from pve_mirror.errors import ConfigError, NotFoundError, PveMirrorError
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import LABELS, ConfigRoot, GuestRef
-from pve_mirror.pve.siteconfig import PRIV_DIR, PeerSite, load_site_config
+from pve_mirror.pve.siteconfig import PeerSite, load_site_config
 from pve_mirror.pve.storage import StorageConfig, decode_config
 
 SOURCE_DIR_PLACEHOLDER = Path("<tmpdir>")
@@ -50,7 +50,7 @@ SOURCE_DIR_PLACEHOLDER = Path("<tmpdir>")
 
 def known_hosts_file(root: Path, peer: PeerSite) -> Path:
     """Give ``<root>/priv/pve-mirror/<peer>.known_hosts`` (used when it exists)."""
-    return root / PRIV_DIR / f"{peer.name}.known_hosts"
+    return peer.files(root)["known-hosts"]
 
 
 def ssh_options(root: Path, peer: PeerSite) -> rsync.SshOptions:

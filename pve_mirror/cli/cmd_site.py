@@ -74,6 +74,18 @@ def register(
     )
     p.add_argument("--peer-ssh", metavar="TARGET", help="SSH target for config sync, root@host")
     p.add_argument("--peer-ssh-port", type=int, metavar="PORT")
+    p.add_argument(
+        "--peer-ssh-key",
+        type=Path,
+        metavar="FILE",
+        help="a dedicated SSH key for config sync (copied, 0600)",
+    )
+    p.add_argument(
+        "--peer-known-hosts",
+        type=Path,
+        metavar="FILE",
+        help="known_hosts with the peer's host key (copied; enables strict checking)",
+    )
     p.add_argument("--peer-node", metavar="NODE", help="node on the peer that receives guests")
     p.add_argument("--peer-root", metavar="DIR", help="the peer's config root (default /etc/pve)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
@@ -119,6 +131,8 @@ def _init(args: argparse.Namespace) -> CommandResult:
         peer_api_ca=args.peer_api_ca,
         peer_ssh=args.peer_ssh,
         peer_ssh_port=args.peer_ssh_port,
+        peer_ssh_key=args.peer_ssh_key,
+        peer_known_hosts=args.peer_known_hosts,
         peer_node=args.peer_node,
         peer_root=args.peer_root,
     )

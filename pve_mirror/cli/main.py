@@ -9,13 +9,20 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from pve_mirror import __version__
-from pve_mirror.cli import cmd_hook, cmd_inventory, cmd_mirror, cmd_site, cmd_sync
+from pve_mirror.cli import cmd_failover, cmd_hook, cmd_inventory, cmd_mirror, cmd_site, cmd_sync
 from pve_mirror.cli.common import CommandResult, apply_defaults, common_options
 from pve_mirror.errors import PveMirrorError
 from pve_mirror.output import render
 
 # Each module has register(subparsers, parent) and sets ``handler`` on its parsers.
-COMMAND_MODULES: list[ModuleType] = [cmd_inventory, cmd_site, cmd_mirror, cmd_sync, cmd_hook]
+COMMAND_MODULES: list[ModuleType] = [
+    cmd_inventory,
+    cmd_site,
+    cmd_mirror,
+    cmd_sync,
+    cmd_hook,
+    cmd_failover,
+]
 
 PROG = "pve-mirror"
 

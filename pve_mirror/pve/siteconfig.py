@@ -136,6 +136,7 @@ class PeerSite:
             "api-secret": base / f"{self.name}.token",
             "api-ca": base / f"{self.name}.ca.pem",
             "ssh-key": base / f"{self.name}.ssh_key",
+            "known-hosts": base / f"{self.name}.known_hosts",
         }
 
     def ceph_access(self, root: Path) -> ClusterAccess:

@@ -1,0 +1,203 @@
+"""``pve-mirror failback`` and ``pve-mirror resync``: bring guests home after a failover.
+
+Run on the site that returns (the old source). First this site is made safe: its
+guests are stopped (the hook already refuses to start them), its stale primaries are
+demoted, each image is checked for split-brain (both sites wrote after a forced
+failover) and, only with the operator's ``--yes``, resynced from the peer, and
+replication in the new direction is verified. Then a planned failover brings the
+guests home, as one plan, journalled and resumable like a failover.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pve_mirror.actions.context import SiteContext
+from pve_mirror.actions.failover import (
+    PLANNED,
+    FailoverOptions,
+    FailoverSteps,
+    GuestMove,
+    pause_until,
+    plan_failover,
+    select_guests,
+    target_node,
+)
+from pve_mirror.ceph import mirror
+from pve_mirror.ceph.imagespec import ImageSpec
+from pve_mirror.ceph.syncstate import sync_state
+from pve_mirror.engine.execute_plan import StepOutcome, execute_plan
+from pve_mirror.engine.journal import Journal
+from pve_mirror.engine.lock import cluster_lock
+from pve_mirror.engine.plan import Plan, Step, step
+from pve_mirror.errors import CephError, NotFoundError, PolicyError
+from pve_mirror.pve import guest_ops
+from pve_mirror.pve.root import GuestType
+
+P_STOP, P_DEMOTE, P_CHECK, P_RESYNC, P_VERIFY = 1, 2, 3, 4, 5
+SPLIT_WAIT = 60.0
+
+
+@dataclass
+class FailbackOptions:
+    """What the user asked for."""
+
+    guests: list[tuple[GuestType, int]] | None = None
+    yes: bool = False
+    node: str | None = None
+    deadline: float = 600.0
+    resync_only: bool = False
+
+
+def plan_failback(ctx: SiteContext, options: FailbackOptions) -> tuple[Plan, list[GuestMove]]:
+    """Give the failback plan (or, with ``resync_only``, just the resync part)."""
+    peer = ctx.site.peer().name
+    here = ctx.site.local_name
+    node = target_node(ctx, FailoverOptions(node=options.node))
+    fo = FailoverOptions(PLANNED, options.guests, options.node)
+    moves = select_guests(ctx, fo, node)
+    action = "resync" if options.resync_only else "failback"
+    plan = Plan(action, f"{action} of {' '.join(m.label for m in moves)} from {peer} to {here}")
+    if not options.yes:
+        plan.notes.append(
+            f"an image found in split-brain is NOT resynced without --yes (resync discards "
+            f"what {here} wrote after the failover)"
+        )
+    for move in moves:
+        g = move.label
+        kind, vmid = move.staged.kind, str(move.staged.vmid)
+        if not options.resync_only:
+            plan.add(step("stop-local", P_STOP, g, g, f"stop {g} on {here} if it runs",
+                          guest_type=kind, vmid=vmid, node=node))  # fmt: skip
+        for storeid, spec in move.images:
+            img = str(spec)
+            plan.add(step("demote-local", P_DEMOTE, img, g,
+                          f"demote {img} on {here} if it is still primary",
+                          storage=storeid, image=img))  # fmt: skip
+            plan.add(step("check-split", P_CHECK, img, g,
+                          f"check {img} for split-brain", mutates=False,
+                          storage=storeid, image=img))  # fmt: skip
+            plan.add(step("resync", P_RESYNC, img, g,
+                          f"resync {img} from {peer} if it is in split-brain",
+                          storage=storeid, image=img, yes="1" if options.yes else ""))  # fmt: skip
+            plan.add(step("verify-replication", P_VERIFY, img, g,
+                          f"verify that {img} replicates from {peer} to {here}", mutates=False,
+                          storage=storeid, image=img))  # fmt: skip
+    if not options.resync_only:
+        home, _moves = plan_failover(ctx, fo)
+        plan.notes += home.notes
+        for item in home.steps:
+            plan.add(item)
+    return plan, moves
+
+
+class FailbackSteps(FailoverSteps):
+    """The failover steps plus those that make the returning site safe."""
+
+    def __init__(self, ctx: SiteContext, moves: list[GuestMove], options: FailbackOptions) -> None:
+        super().__init__(ctx, moves, FailoverOptions(PLANNED, deadline=options.deadline))
+        self.failback = options
+
+    def table(self) -> dict[str, Callable[[Step], str]]:
+        """Give kind -> function."""
+        table = super().table()
+        table.update(
+            {
+                "stop-local": self.stop_local,
+                "demote-local": self.demote_local,
+                "check-split": self.check_split,
+                "resync": self.resync,
+                "verify-replication": self.verify_replication,
+            }
+        )
+        return table
+
+    def stop_local(self, item: Step) -> str:
+        api = self.ctx.local_api()
+        kind, vmid = item.param("guest_type"), int(item.param("vmid"))
+        running = [
+            g for g in guest_ops.cluster_guests(api)
+            if g.vmid == vmid and g.kind == kind and g.status == "running"
+        ]  # fmt: skip
+        if not running:
+            return "not running here"
+        upid = guest_ops.stop_guest(api, running[0].node, kind, vmid)
+        guest_ops.wait_task(api, running[0].node, upid, self._deadline())
+        return f"stopped on {running[0].node}"
+
+    def demote_local(self, item: Step) -> str:
+        return mirror.demote(self._local(item), ImageSpec.parse(item.param("image")))
+
+    def _split(self, item: Step) -> bool:
+        status = mirror.image_status(self._local(item), ImageSpec.parse(item.param("image")))
+        return "split-brain" in str(status.get("description", ""))
+
+    def check_split(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        local, peer = self._local(item), self.ctx.peer()
+        deadline = time.monotonic() + SPLIT_WAIT
+        while True:
+            if self._split(item):
+                return "SPLIT-BRAIN: both sites wrote after the failover"
+            state = sync_state(mirror.mirror_snapshots(peer, spec),
+                               mirror.mirror_snapshots(local, spec))  # fmt: skip
+            replicating = state.in_sync or state.copying
+            if replicating and not mirror.mirror_info(local, spec).primary:
+                return "no split-brain: replicating from the peer"
+            if time.monotonic() >= deadline:
+                return "no split-brain reported (yet)"
+            pause_until(deadline, "split-brain check", delay=1.0)
+
+    def resync(self, item: Step) -> str:
+        if not self._split(item):
+            return "not needed"
+        if item.param("yes") != "1":
+            raise PolicyError(
+                f"{item.param('image')} is in split-brain: rerun with --yes to discard "
+                f"{self.ctx.site.local_name}'s copy and resync it from {self.ctx.site.peer().name}"
+            )
+        return mirror.resync(self._local(item), ImageSpec.parse(item.param("image")))
+
+    def verify_replication(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        peer = self.ctx.peer()
+        local = self._local(item)
+        snap = mirror.create_snapshot(peer, spec)
+        deadline = self._deadline()
+        while True:
+            try:
+                state = sync_state(mirror.mirror_snapshots(peer, spec),
+                                   mirror.mirror_snapshots(local, spec))  # fmt: skip
+            except (CephError, NotFoundError):
+                state = None  # rbd-mirror deletes and recreates the image during a resync
+            if (
+                state is not None
+                and state.synced_primary is not None
+                and state.synced_primary >= snap
+            ):
+                return f"snapshot {snap} replicated"
+            pause_until(deadline, f"{spec} does not replicate from the peer", delay=0.5)
+
+
+def run_failback(
+    ctx: SiteContext,
+    plan: Plan,
+    moves: list[GuestMove],
+    options: FailbackOptions,
+    progress: Callable[[str], None] | None,
+) -> list[StepOutcome]:
+    """Execute the failback plan under the cluster lock, journalled."""
+    with cluster_lock(ctx.root.path, plan.title):
+        journal = Journal(ctx.root.path / "pve-mirror" / "journal", plan.action, plan.fingerprint())
+        outcomes = execute_plan(
+            plan,
+            FailbackSteps(ctx, moves, options).table(),
+            journal,
+            concurrency=ctx.site.concurrency,
+            progress=progress,
+        )
+        if all(o.status in ("done", "already-done") for o in outcomes):
+            journal.finish()
+    return outcomes

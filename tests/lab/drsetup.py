@@ -1,0 +1,120 @@
+"""Both lab sites set up the way an admin sets up pve-mirror, for the demo, the
+integration tests and the benchmarks: PVE config roots and API simulators, the lab
+sshd for config sync, ``pve-mirror site init`` on each site (its own API, the
+peer's API, Ceph and SSH) and ``pve-mirror hook install`` on each site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pve_mirror.cli.main import main
+from tests.lab import sshd
+from tests.lab.ceph_lab import CephLab
+from tests.lab.pve_site import PveSite, pve_sites_for
+
+
+@dataclass
+class CliResult:
+    """What one in-process run of ``pve-mirror`` gave."""
+
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """Give stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+def run_cli(root: Path, *args: str) -> CliResult:
+    """Run ``pve-mirror --root ROOT ARGS...`` in this process; never raises SystemExit."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(["--root", str(root), *args])
+        except SystemExit as exc:
+            rc = int(exc.code or 0)
+    return CliResult(rc, out.getvalue(), err.getvalue())
+
+
+def init_args(site: PveSite, peer: PveSite, ssh: sshd.SshEndpoint | None = None) -> list[str]:
+    """Give the ``site init`` arguments that pair ``site`` with ``peer`` in the lab."""
+    args = [
+        "site", "init", "--name", site.name, "--peer", peer.name,
+        "--node", site.node,
+        "--api-url", site.api_url.removesuffix("/api2/json"),
+        "--api-token", site.token,
+        "--api-secret-file", str(site.token_file),
+        "--peer-ceph-conf", str(peer.ceph.conf),
+        "--peer-keyring", str(peer.ceph.admin_keyring),
+        "--peer-api-url", peer.api_url.removesuffix("/api2/json"),
+        "--peer-api-token", peer.token,
+        "--peer-api-secret-file", str(peer.token_file),
+        "--peer-node", peer.node,
+        "--peer-root", str(peer.root),
+    ]  # fmt: skip
+    # The simulator writes its certificate when it starts.
+    for who, flag in ((site, "--api-ca"), (peer, "--peer-api-ca")):
+        if who.ca_cert.is_file() and who.ca_cert.stat().st_size:
+            args += [flag, str(who.ca_cert)]
+    if ssh is not None:
+        args += [
+            "--peer-ssh", ssh.target, "--peer-ssh-port", str(ssh.port),
+            "--peer-ssh-key", str(ssh.key_path), "--peer-known-hosts", str(ssh.known_hosts),
+        ]  # fmt: skip
+    return args
+
+
+@dataclass
+class DrLab:
+    """The Ceph lab with both PVE sites running and paired for pve-mirror."""
+
+    lab: CephLab
+    a: PveSite
+    b: PveSite
+    ssh: sshd.SshEndpoint
+
+    def cli(self, site: PveSite, *args: str) -> CliResult:
+        """Run the CLI against ``site``'s config root."""
+        return run_cli(site.root, *args)
+
+    def site(self, name: str) -> PveSite:
+        """Give the PVE site named ``site-a`` or ``site-b``."""
+        return self.a if name == "site-a" else self.b
+
+    def peer_of(self, site: PveSite) -> PveSite:
+        """Give the other site."""
+        return self.b if site is self.a else self.a
+
+    def init(self, site: PveSite) -> CliResult:
+        """Run ``site init`` on ``site`` (idempotent)."""
+        return run_cli(site.root, *init_args(site, self.peer_of(site), self.ssh))
+
+    def stop(self) -> None:
+        """Stop both simulators and the sshd (the Ceph lab stays as it is)."""
+        for site in (self.a, self.b):
+            site.stop()
+        sshd.stop(self.lab.root / "sshd")
+
+
+def setup_dr(lab: CephLab) -> DrLab:
+    """Set both sites up on an up lab; raise RuntimeError naming the step that failed."""
+    pve = pve_sites_for(lab.sites)
+    a, b = pve["site-a"], pve["site-b"]
+    for site in (a, b):
+        site.build()
+        if not site.running():
+            site.start()
+    dr = DrLab(lab, a, b, sshd.start(lab.root / "sshd"))
+    for site in (a, b):
+        for args in (init_args(site, dr.peer_of(site), dr.ssh), ["hook", "install"]):
+            result = run_cli(site.root, *args)
+            if result.rc != 0:
+                raise RuntimeError(f"{site.name}: pve-mirror {args[0]} {args[1]}: {result.err}")
+    return dr
