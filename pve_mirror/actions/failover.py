@@ -32,7 +32,7 @@ from pve_mirror.actions.staging import (
     render_for_install,
 )
 from pve_mirror.ceph import mirror, schedule
-from pve_mirror.ceph.cluster import Cluster, ClusterAccess, connected
+from pve_mirror.ceph.cluster import Cluster, connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, execute_plan
@@ -250,6 +250,18 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
             )
         plan.add(
             step(
+                "set-aside",
+                P_ASIDE,
+                g,
+                g,
+                f"move an old config of {g} on {target} out of nodes/ "
+                "(only if its disks are not primary here)",
+                guest_type=kind,
+                vmid=vmid,
+            )
+        )
+        plan.add(
+            step(
                 "install-config",
                 P_INSTALL,
                 g,
@@ -315,9 +327,7 @@ def _source_answers(ctx: SiteContext) -> list[str]:
     except PveMirrorError:
         pass
     try:
-        access = ctx.site.peer().ceph_access(ctx.root.path)
-        with connected(ClusterAccess(access.name, access.client_id, access.conffile,
-                                     access.options), timeout=5):  # fmt: skip
+        with connected(ctx.site.peer().ceph_access(ctx.root.path), timeout=5):
             answers.append("Ceph")
     except PveMirrorError:
         pass

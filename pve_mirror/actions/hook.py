@@ -6,7 +6,9 @@ PVE runs a guest's hookscript as ``<script> <vmid> <phase>``; only a failing
 - ``pre-start``: refuses (exit 1, one line on stderr) when a mirrored RBD disk of the
   guest's current config is not primary at this site, so a guest never starts on a
   copy it cannot write; it also refuses when the mirroring state cannot be read
-  (fail closed). A disk whose image is not mirrored at all is fine.
+  (fail closed), and when the peer's copy is primary too (after a forced failover the
+  returning site still believes it is primary). A disk whose image is not mirrored at
+  all is fine.
 - ``post-stop``: takes a mirror snapshot of each snapshot-mode disk that is primary
   here, so the guest's final state replicates (a failure is only a warning).
 - other phases: nothing.
@@ -50,6 +52,8 @@ PYTHON = "/usr/bin/python3"
 HOOK_MODULE = "pve_mirror.hookscript"
 DEFAULT_ROOT = "/etc/pve"
 CONNECT_TIMEOUT = 10.0
+# A peer that does not answer within this is taken as down (its outage is the disaster).
+PEER_TIMEOUT = 3.0
 CHAIN_TIMEOUT = 600.0
 CONFIG_MODE = 0o640
 # Where Debian's python3 finds packages without help.
@@ -270,6 +274,7 @@ def cluster_groups(
 def _pre_start(root: Path, vmid: int, outcome: HookOutcome) -> None:
     ref, disks, storages = started_disks(root, vmid)
     blocked: list[str] = []
+    primary_here: list[GuestDisk] = []
     for access, group in cluster_groups(disks, storages, root):
         with connected(access, CONNECT_TIMEOUT) as cluster:
             for disk in group:
@@ -277,6 +282,8 @@ def _pre_start(root: Path, vmid: int, outcome: HookOutcome) -> None:
                 info = mirror_info(cluster, disk.spec)
                 if info.state != "disabled" and not info.primary:
                     blocked.append(f"{disk.key} ({disk.spec})")
+                elif info.state != "disabled":
+                    primary_here.append(disk)
     if blocked:
         outcome.exit_code = 1
         disks_text = ", ".join(blocked)
@@ -284,6 +291,56 @@ def _pre_start(root: Path, vmid: int, outcome: HookOutcome) -> None:
             f"{ref.label}: refusing to start: mirrored disk {disks_text} is not primary "
             "at this site (fail over with 'pve-mirror failover' first, or start it on the "
             "primary site)"
+        )
+        return
+    if primary_here:
+        _check_peer_not_primary(root, ref, primary_here, outcome)
+
+
+def _check_peer_not_primary(
+    root: Path, ref: GuestRef, disks: list[GuestDisk], outcome: HookOutcome
+) -> None:
+    """Refuse when the peer's copy is primary too (this site was failed away from by force).
+
+    A peer that does not answer cannot be asked: the start goes on with a warning, as
+    the peer being down is when this site must be able to start its guests.
+    """
+    from pve_mirror.pve.siteconfig import load_site_config
+
+    try:
+        peer = load_site_config(root, required=True).peer()
+        access = peer.ceph_access(root)
+    except PveMirrorError:
+        return  # no peer configured: nothing to compare with
+    access = ClusterAccess(
+        access.name,
+        access.client_id,
+        access.conffile,
+        (*access.options, ("client_mount_timeout", str(int(PEER_TIMEOUT)))),
+    )
+    both = []
+    try:
+        with connected(access, PEER_TIMEOUT) as cluster:
+            for disk in disks:
+                assert disk.spec is not None
+                try:
+                    info = mirror_info(cluster, disk.spec)
+                except NotFoundError:
+                    continue
+                if info.state != "disabled" and info.primary:
+                    both.append(f"{disk.key} ({disk.spec})")
+    except PveMirrorError:
+        outcome.output.append(
+            f"warning: {ref.label}: peer site {peer.name} does not answer; "
+            "cannot rule out that it runs this guest"
+        )
+        return
+    if both:
+        outcome.exit_code = 1
+        outcome.errors.append(
+            f"{ref.label}: refusing to start: disk {', '.join(both)} is primary at "
+            f"{peer.name} too (a forced failover moved the guest there); run "
+            "'pve-mirror failback' on this site"
         )
 
 

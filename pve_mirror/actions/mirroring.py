@@ -40,6 +40,8 @@ class EnableOptions:
     mode: str | None = None
     schedule: str | None = None
     strict: bool = False
+    # reconcile: a guest that cannot be planned is reported and the others go on
+    keep_going: bool = False
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PlanReport:
 
     plan: Plan
     skipped_disks: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 def guest_prefix(ref: GuestRef) -> str:
@@ -84,51 +87,80 @@ def plan_enable(ctx: SiteContext, refs: list[GuestRef], options: EnableOptions) 
     report = PlanReport(plan)
     checked_pools: set[tuple[str, str]] = set()
     for ref in refs:
-        entry = ctx.site.guest(ref.kind, ref.vmid)
-        mode: MirrorMode = parse_mode(
-            options.mode or (entry.mode if entry else None) or DEFAULT_MODE
-        )
-        interval = options.schedule or (entry.schedule if entry else None) or DEFAULT_SCHEDULE
-        schedule.parse_interval(interval)
-        disks, others = ctx.disks(ref)
-        skipped = _unmirrorable(ref, others)
-        if skipped and options.strict:
-            first = skipped[0]
-            raise PolicyError(
-                f"{first['guest']} {first['key']} ({first['volid']}) cannot be mirrored: "
-                f"{first['reason']} (--strict)"
-            )
-        report.skipped_disks += skipped
-        for item in disks:
-            check_mode(item.disk, mode)
-        for item in disks:
-            _plan_disk(ctx, plan, item, mode, interval, checked_pools)
-        wanted = GuestEntry(
-            ref.kind,
-            ref.vmid,
-            mode,
-            interval if mode == "snapshot" else None,
-            entry.order if entry else None,
-            entry.group if entry else None,
-            True,
-        )
-        if entry != wanted:
-            plan.add(
-                step(
-                    "record",
-                    PHASE_RECORD,
-                    guest_prefix(ref),
-                    guest_prefix(ref),
-                    f"record {guest_prefix(ref)} ({mode}) in pve-mirror.cfg",
-                    mode=mode,
-                    schedule=wanted.schedule or "",
-                )
-            )
+        if not options.keep_going:
+            _plan_guest(ctx, plan, report, ref, options, checked_pools)
+            continue
+        try:
+            if _runs_at_peer(ctx, ref):
+                plan.notes.append(f"{guest_prefix(ref)} runs at the peer site: skipped")
+                continue
+            _plan_guest(ctx, plan, report, ref, options, checked_pools)
+        except PveMirrorError as exc:
+            report.problems.append(f"{guest_prefix(ref)}: {exc}")
     for row in report.skipped_disks:
         plan.notes.append(
             f"not mirrored: {row['guest']} {row['key']} ({row['volid']}): {row['reason']}"
         )
     return report
+
+
+def _runs_at_peer(ctx: SiteContext, ref: GuestRef) -> bool:
+    """Tell whether the guest's mirrored disks are non-primary here (it was failed over)."""
+    disks, _others = ctx.disks(ref)
+    for item in disks:
+        info = mirror.mirror_info(ctx.local(item.storage), item.spec)
+        if info.state == "enabled" and not info.primary:
+            return True
+    return False
+
+
+def _plan_guest(
+    ctx: SiteContext,
+    plan: Plan,
+    report: PlanReport,
+    ref: GuestRef,
+    options: EnableOptions,
+    checked_pools: set[tuple[str, str]],
+) -> None:
+    """Add the steps of one guest to ``plan``; raises PveMirrorError like plan_enable."""
+    entry = ctx.site.guest(ref.kind, ref.vmid)
+    mode: MirrorMode = parse_mode(options.mode or (entry.mode if entry else None) or DEFAULT_MODE)
+    interval = options.schedule or (entry.schedule if entry else None) or DEFAULT_SCHEDULE
+    schedule.parse_interval(interval)
+    disks, others = ctx.disks(ref)
+    skipped = _unmirrorable(ref, others)
+    if skipped and options.strict:
+        first = skipped[0]
+        raise PolicyError(
+            f"{first['guest']} {first['key']} ({first['volid']}) cannot be mirrored: "
+            f"{first['reason']} (--strict)"
+        )
+    report.skipped_disks += skipped
+    for item in disks:
+        check_mode(item.disk, mode)
+    for item in disks:
+        _plan_disk(ctx, plan, item, mode, interval, checked_pools)
+    wanted = GuestEntry(
+        ref.kind,
+        ref.vmid,
+        mode,
+        interval if mode == "snapshot" else None,
+        entry.order if entry else None,
+        entry.group if entry else None,
+        True,
+    )
+    if entry != wanted:
+        plan.add(
+            step(
+                "record",
+                PHASE_RECORD,
+                guest_prefix(ref),
+                guest_prefix(ref),
+                f"record {guest_prefix(ref)} ({mode}) in pve-mirror.cfg",
+                mode=mode,
+                schedule=wanted.schedule or "",
+            )
+        )
 
 
 def _check_pool(ctx: SiteContext, item: MirroredDisk, checked: set[tuple[str, str]]) -> None:

@@ -284,7 +284,7 @@ def _compare_with_peer(
     row.last_sync = state.synced_at
     row.rpo_seconds = state.rpo_seconds(now)
     if row.rpo_seconds is None:
-        row.flag(WARN, "the first copy is still being made")
+        row.flag(WARN, "the peer holds no complete copy yet")
         return
     limit = 2 * schedule.parse_interval(interval or DEFAULT_SCHEDULE)
     if row.rpo_seconds > limit:

@@ -109,15 +109,17 @@ def _disable(args: argparse.Namespace) -> CommandResult:
 def _reconcile(args: argparse.Namespace) -> CommandResult:
     with SiteContext.load(args.root) as ctx:
         refs = mirroring.enabled_refs(ctx)
-        report = mirroring.plan_enable(ctx, refs, mirroring.EnableOptions())
+        report = mirroring.plan_enable(ctx, refs, mirroring.EnableOptions(keep_going=True))
         report.plan.action = "reconcile"
         report.plan.title = f"reconcile {len(refs)} mirrored guest(s)"
         result = plan_command(
             report.plan,
             args.dry_run,
             lambda progress: mirroring.run_plan(ctx, report, progress),
-            warnings=ctx.warnings,
+            warnings=ctx.warnings + report.problems,
         )
+        if report.problems and result.exit_code == 0:
+            result.exit_code = 1  # the timer's unit shows that a guest needs attention
         if args.prometheus and not args.dry_run:
             statuses = status.collect_status(ctx, refs)
             status.write_prometheus(
