@@ -28,9 +28,7 @@ from pve_mirror.actions.failover import (
 from pve_mirror.ceph import mirror
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
-from pve_mirror.engine.execute_plan import StepOutcome, execute_plan
-from pve_mirror.engine.journal import Journal
-from pve_mirror.engine.lock import cluster_lock
+from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, NotFoundError, PolicyError
 from pve_mirror.pve import guest_ops
@@ -189,15 +187,10 @@ def run_failback(
     progress: Callable[[str], None] | None,
 ) -> list[StepOutcome]:
     """Execute the failback plan under the cluster lock, journalled."""
-    with cluster_lock(ctx.root.path, plan.title):
-        journal = Journal(ctx.root.path / "pve-mirror" / "journal", plan.action, plan.fingerprint())
-        outcomes = execute_plan(
-            plan,
-            FailbackSteps(ctx, moves, options).table(),
-            journal,
-            concurrency=ctx.site.concurrency,
-            progress=progress,
-        )
-        if all(o.status in ("done", "already-done") for o in outcomes):
-            journal.finish()
-    return outcomes
+    return run_journalled(
+        ctx.root.path,
+        plan,
+        FailbackSteps(ctx, moves, options).table(),
+        concurrency=ctx.site.concurrency,
+        progress=progress,
+    )

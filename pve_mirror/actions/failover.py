@@ -35,9 +35,7 @@ from pve_mirror.ceph import mirror, schedule
 from pve_mirror.ceph.cluster import Cluster, connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
-from pve_mirror.engine.execute_plan import StepOutcome, execute_plan
-from pve_mirror.engine.journal import Journal
-from pve_mirror.engine.lock import cluster_lock
+from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError, PveMirrorError
 from pve_mirror.pve import guest_ops
@@ -562,20 +560,13 @@ def run_failover(
 
     Raises LockedError naming the holder if another failover runs.
     """
-    with cluster_lock(ctx.root.path, plan.title):
-        journal = Journal(ctx.root.path / "pve-mirror" / "journal", plan.action, plan.fingerprint())
-        if journal.exists() and progress:
-            progress(f"continuing the unfinished run recorded in {journal.path}")
-        outcomes = execute_plan(
-            plan,
-            FailoverSteps(ctx, moves, options).table(),
-            journal,
-            concurrency=ctx.site.concurrency,
-            progress=progress,
-        )
-        if all(o.status in ("done", "already-done") for o in outcomes):
-            journal.finish()
-    return outcomes
+    return run_journalled(
+        ctx.root.path,
+        plan,
+        FailoverSteps(ctx, moves, options).table(),
+        concurrency=ctx.site.concurrency,
+        progress=progress,
+    )
 
 
 def journal_path(root: Path) -> Path:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from pve_mirror.ceph.cluster import ClusterAccess, connected
 from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
 from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.files import write_atomic
 from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import CONFIG_DIRS, LABELS, ConfigRoot, GuestRef, GuestType
@@ -509,22 +510,3 @@ def run_install(install: InstallPlan, progress: Progress | None = None) -> list[
     return execute_plan(
         install.plan, {"snippet": write_snippet, "set-hook": set_hook}, None, progress=progress
     )
-
-
-def write_atomic(path: Path, data: bytes, mode: int = CONFIG_MODE) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename.
-
-    Raises ConfigError naming the file if it cannot be written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write: {exc.strerror}", str(path)) from exc

@@ -16,9 +16,7 @@ from pve_mirror.actions.context import MirroredDisk, SiteContext
 from pve_mirror.ceph import mirror, pool, schedule
 from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec
-from pve_mirror.engine.execute_plan import StepOutcome, execute_plan
-from pve_mirror.engine.journal import Journal
-from pve_mirror.engine.lock import cluster_lock
+from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, PolicyError, PveMirrorError
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, check_mode, parse_mode
@@ -457,16 +455,10 @@ def run_plan(
 
     Raises LockedError if another pve-mirror operation holds the lock.
     """
-    plan = report.plan
-    with cluster_lock(ctx.root.path, plan.title):
-        journal = Journal(ctx.root.path / "pve-mirror" / "journal", plan.action, plan.fingerprint())
-        outcomes = execute_plan(
-            plan,
-            StepFunctions(ctx).table(),
-            journal,
-            concurrency=ctx.site.concurrency,
-            progress=progress,
-        )
-        if all(o.status in ("done", "already-done") for o in outcomes):
-            journal.finish()
-    return outcomes
+    return run_journalled(
+        ctx.root.path,
+        report.plan,
+        StepFunctions(ctx).table(),
+        concurrency=ctx.site.concurrency,
+        progress=progress,
+    )

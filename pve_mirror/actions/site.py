@@ -11,7 +11,6 @@ and checks that an rbd-mirror daemon runs on each site.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pve_mirror.ceph import pool
 from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import ConfigError, NotFoundError, PveMirrorError
+from pve_mirror.files import write_atomic
 from pve_mirror.pve.root import ConfigRoot
 from pve_mirror.pve.siteconfig import PRIV_DIR, SiteConfig, load_site_config
 from pve_mirror.pve.storage import RbdStorage
@@ -63,12 +63,7 @@ class InitOptions:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` created 0600 (keys and secrets), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600, dir_mode=0o700)
 
 
 def _mirrored_pools(ctx: SiteContext) -> list[tuple[RbdStorage, str, str]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.files import write_atomic
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import CONFIG_DIRS, LABELS, GuestRef, GuestType
@@ -495,18 +496,7 @@ def install_staged(
             f"{staged.label}: VMID {staged.vmid} already exists here ({path}); "
             "refusing to overwrite it"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp.{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, CONFIG_MODE)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write: {exc.strerror}", str(target)) from exc
+    write_atomic(target, data, CONFIG_MODE)
     return target
 
 

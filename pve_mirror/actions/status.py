@@ -9,7 +9,6 @@ librbd 16.2.15 is wrong ("status not found").
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from pve_mirror.ceph import mirror, pool, schedule
 from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.errors import PveMirrorError
+from pve_mirror.files import write_atomic
 from pve_mirror.pve.root import GuestRef
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
@@ -348,7 +348,4 @@ def prometheus_text(statuses: list[GuestStatus], site: str) -> str:
 
 def write_prometheus(path: Path, text: str) -> None:
     """Write the textfile atomically (node-exporter must never read half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), 0o644)

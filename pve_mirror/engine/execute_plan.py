@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pve_mirror.engine.journal import Journal
@@ -126,3 +127,30 @@ class _Counter:
 def all_succeeded(outcomes: list[StepOutcome]) -> bool:
     """Tell whether every step is done (now or in an earlier run)."""
     return all(o.status in (DONE, ALREADY_DONE) for o in outcomes)
+
+
+def run_journalled(
+    root: Path,
+    plan: Plan,
+    functions: Mapping[str, StepFunction],
+    *,
+    concurrency: int,
+    progress: Progress | None = None,
+) -> list[StepOutcome]:
+    """Run ``plan`` under the cluster lock of ``root`` with a journal; give the outcomes.
+
+    A rerun of the same plan after a crash finds the journal and continues; once every
+    step is done the journal is marked finished. Raises LockedError naming the holder.
+    """
+    from pve_mirror.engine.lock import cluster_lock
+
+    with cluster_lock(root, plan.title):
+        journal = Journal(root / "pve-mirror" / "journal", plan.action, plan.fingerprint())
+        if journal.exists() and progress:
+            progress(f"continuing the unfinished run recorded in {journal.path}")
+        outcomes = execute_plan(
+            plan, functions, journal, concurrency=concurrency, progress=progress
+        )
+        if all_succeeded(outcomes):
+            journal.finish()
+    return outcomes

@@ -28,13 +28,13 @@ unknown keys and skipped sections survive a rewrite.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pve_mirror.ceph.cluster import ClusterAccess
 from pve_mirror.errors import ConfigError, NotFoundError
+from pve_mirror.files import write_atomic
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, parse_mode
 from pve_mirror.pve.api import HttpsEndpoint
 from pve_mirror.pve.root import GuestType
@@ -332,10 +332,7 @@ class SiteConfig:
 
     def save(self) -> None:
         """Write the file atomically (temporary file + rename, as pmxcfs supports)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp.{os.getpid()}")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, self.render().encode("utf-8", "surrogateescape"))
 
 
 def load_site_config(root: Path, *, required: bool = True) -> SiteConfig:
