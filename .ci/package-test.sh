@@ -271,9 +271,9 @@ check_installed() { # check_installed DEB_VERSION UPSTREAM_VERSION
     }
     [ -x "$ROOT/usr/share/pve-mirror/hooks/pve-mirror-hook" ] || fail "hookscript missing"
     out=$(in_root bash -c '. /usr/share/bash-completion/completions/pve-mirror &&
-        COMP_WORDS=(pve-mirror --output-format json dis) COMP_CWORD=3 && _pve_mirror &&
+        COMP_WORDS=(pve-mirror --output-format json gue) COMP_CWORD=3 && _pve_mirror &&
         echo "${COMPREPLY[*]}"')
-    [ "$out" = disks ] || fail "bash completion of 'dis' gave '$out'"
+    [ "$out" = guests ] || fail "bash completion of 'gue' gave '$out'"
     for doc in admin-guide.md commands.md copyright; do
         ls "$ROOT/usr/share/doc/pve-mirror/$doc"* >/dev/null 2>&1 || fail "doc $doc missing"
     done
