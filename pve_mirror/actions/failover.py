@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions, guest_prefix
 from pve_mirror.actions.staging import (
     StagedGuest,
+    StagedSet,
     existing_configs,
     install_staged,
     load_staged,
@@ -32,7 +34,7 @@ from pve_mirror.actions.staging import (
     render_for_install,
 )
 from pve_mirror.ceph import mirror, schedule
-from pve_mirror.ceph.cluster import Cluster, connected
+from pve_mirror.ceph.cluster import Cluster, ClusterAccess, connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
@@ -50,6 +52,8 @@ P_DAEMON, P_PROMOTE, P_FENCE, P_SCHEDULE, P_INSTALL, P_RECORD, P_START = (
     55, 60, 61, 65, 70, 75, 80,
 )  # fmt: skip
 DEFAULT_DEADLINE = 300.0
+# How long the source's Ceph may take to answer before it counts as down.
+SOURCE_PROBE_S = 5
 UNORDERED = 1_000_000
 
 
@@ -325,7 +329,11 @@ def _source_answers(ctx: SiteContext) -> list[str]:
     except PveMirrorError:
         pass
     try:
-        with connected(ctx.site.peer().ceph_access(ctx.root.path), timeout=5):
+        access = ctx.site.peer().ceph_access(ctx.root.path)
+        # connect(timeout) does not bound the mon handshake: client_mount_timeout does.
+        options = (*access.options, ("client_mount_timeout", str(SOURCE_PROBE_S)))
+        probe = ClusterAccess(access.name, access.client_id, access.conffile, options)
+        with connected(probe, timeout=SOURCE_PROBE_S):
             answers.append("Ceph")
     except PveMirrorError:
         pass
@@ -340,6 +348,15 @@ class FailoverSteps:
         self.options = options
         self.moves = {m.label: m for m in moves}
         self.mirroring = StepFunctions(ctx)
+        self._staged: StagedSet | None = None
+        self._staged_lock = threading.Lock()
+
+    def _staged_set(self) -> StagedSet:
+        """Give the peer's staged configs, read and checked once per run, not once per guest."""
+        with self._staged_lock:
+            if self._staged is None:
+                self._staged = load_staged(self.ctx.root.path, self.ctx.site.peer().name)
+            return self._staged
 
     def table(self) -> dict[str, Callable[[Step], str]]:
         """Give kind -> function."""
@@ -460,7 +477,7 @@ class FailoverSteps:
         guest, not a leftover.
         """
         move = self.moves[item.group]
-        staged_set = load_staged(self.ctx.root.path, self.ctx.site.peer().name)
+        staged_set = self._staged_set()
         wanted = render_for_install(staged_set.guest(move.staged.vmid), staged_set.storage_map)
         moved = []
         for path in existing_configs(self.ctx.root.path, move.staged.vmid):
@@ -497,8 +514,7 @@ class FailoverSteps:
 
     def install_config(self, item: Step) -> str:
         move = self.moves[item.group]
-        source = self.ctx.site.peer().name
-        staged_set = load_staged(self.ctx.root.path, source)
+        staged_set = self._staged_set()
         staged = staged_set.guest(move.staged.vmid)
         path = install_staged(
             self.ctx.root.path, staged, item.param("node"), staged_set.storage_map

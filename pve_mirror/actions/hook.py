@@ -313,6 +313,8 @@ def _check_peer_not_primary(
         access = peer.ceph_access(root)
     except PveMirrorError:
         return  # no peer configured: nothing to compare with
+    if (root / "pve-mirror" / f"fence-{peer.name}.json").exists():
+        return  # a forced failover recorded the peer as lost and to be fenced
     access = ClusterAccess(
         access.name,
         access.client_id,

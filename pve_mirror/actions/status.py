@@ -151,7 +151,7 @@ def collect_status(
         for ref, sched, disks in guests
         for item in disks
     ]
-    with ThreadPoolExecutor(max_workers=max(1, ctx.site.concurrency * 2)) as workers:
+    with ThreadPoolExecutor(max_workers=max(1, ctx.site.concurrency)) as workers:
         rows = list(
             workers.map(
                 lambda job: _disk_status(ctx, job[2], job[3], job[1], peer, peer_problem, now),

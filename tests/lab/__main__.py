@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dir", type=Path, help="lab directory (default .lab or $PVE_MIRROR_LAB_DIR)"
     )
-    parser.add_argument("--port-base", type=int, help="port base (default 40000)")
+    parser.add_argument("--port-base", type=int, help="port base (default 20000)")
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.add_argument("--keep", action="store_true", help="demo: leave the lab up")
     args = parser.parse_args(argv)

@@ -4,7 +4,8 @@ Each site ("site-a", "site-b") has one mon, one mgr (with the rbd_support module
 bluestore OSD on a sparse file, pool ``rbd`` in ``image`` mirror mode and an rbd-mirror
 daemon; the sites are peered two-way (rx-tx) with a bootstrap token. Everything lives
 under one scratch directory (default ``<repo>/.lab``, or ``PVE_MIRROR_LAB_DIR``) and on
-ports from a port base (``PVE_MIRROR_LAB_PORT_BASE``, default 40000: site k uses
+ports from a port base (``PVE_MIRROR_LAB_PORT_BASE``, default 20000: below the kernel's
+ephemeral port range, so no outgoing connection takes a lab port; site k uses
 base+100k+1 for its mon and base+100k+10..99 for the rest), so labs can coexist.
 
 The lab installs nothing: it checks for the Debian packages and names what to install.
@@ -37,7 +38,7 @@ from tests.lab.wait import WaitTimeoutError, wait_until
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SITE_NAMES = ("site-a", "site-b")
 POOL = "rbd"
-DEFAULT_PORT_BASE = 40000
+DEFAULT_PORT_BASE = 20000
 ENV_DIR = "PVE_MIRROR_LAB_DIR"
 ENV_PORT_BASE = "PVE_MIRROR_LAB_PORT_BASE"
 
