@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pve_mirror.ceph.cluster import ClusterAccess, connected  # noqa: E402
+from pve_mirror.ceph.access import ClusterAccess  # noqa: E402
+from pve_mirror.ceph.cluster import connected  # noqa: E402
 from pve_mirror.ceph.imagespec import ImageSpec  # noqa: E402
 from pve_mirror.ceph.mirror import enable  # noqa: E402
 from pve_mirror.cli.main import main as cli_main  # noqa: E402

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from pve_mirror.ceph.cluster import Cluster, ClusterAccess
+from pve_mirror.ceph.access import ClusterAccess
+from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.errors import ConfigError
 from pve_mirror.pve.api import PveApi, open_api
@@ -23,11 +24,7 @@ KINDS: dict[str, GuestType] = {"vm": "qemu", "ct": "lxc"}
 
 def local_access(site_name: str, root: Path, storage: RbdStorage) -> ClusterAccess:
     """Give how to reach the cluster behind a local RBD storage (files only, no key)."""
-    conn = storage.connection(root)
-    conffile = str(conn.conf_file) if conn.conf_file else None
-    return ClusterAccess(
-        site_name, conn.client_id, conffile, tuple(sorted(conn.rados_conf().items()))
-    )
+    return storage.connection(root).access(site_name)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from pve_mirror.actions.staging import (
     render_for_install,
 )
 from pve_mirror.ceph import mirror, schedule
-from pve_mirror.ceph.cluster import Cluster, ClusterAccess, connected
+from pve_mirror.ceph.cluster import Cluster, connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
@@ -329,10 +329,7 @@ def _source_answers(ctx: SiteContext) -> list[str]:
     except PveMirrorError:
         pass
     try:
-        access = ctx.site.peer().ceph_access(ctx.root.path)
-        # connect(timeout) does not bound the mon handshake: client_mount_timeout does.
-        options = (*access.options, ("client_mount_timeout", str(SOURCE_PROBE_S)))
-        probe = ClusterAccess(access.name, access.client_id, access.conffile, options)
+        probe = ctx.site.peer().ceph_access(ctx.root.path).with_mount_timeout(SOURCE_PROBE_S)
         with connected(probe, timeout=SOURCE_PROBE_S):
             answers.append("Ceph")
     except PveMirrorError:

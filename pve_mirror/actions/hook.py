@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pve_mirror.ceph.cluster import ClusterAccess, connected
+from pve_mirror.ceph.access import ClusterAccess
+from pve_mirror.ceph.cluster import connected
 from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
 from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
 from pve_mirror.files import write_atomic
@@ -258,15 +259,7 @@ def cluster_groups(
         connection = storage.connection(root)
         key = (connection.mon_host or str(connection.conf_file), connection.client_id)
         if key not in groups:
-            access = ClusterAccess(
-                name=storage.storeid,
-                client_id=connection.client_id,
-                conffile=str(connection.conf_file) if connection.conf_file else None,
-                options=(
-                    *connection.rados_conf().items(),
-                    ("client_mount_timeout", str(max(1, int(CONNECT_TIMEOUT)))),
-                ),
-            )
+            access = connection.access(storage.storeid).with_mount_timeout(CONNECT_TIMEOUT)
             groups[key] = (access, [])
         groups[key][1].append(disk)
     return list(groups.values())
@@ -315,12 +308,7 @@ def _check_peer_not_primary(
         return  # no peer configured: nothing to compare with
     if (root / "pve-mirror" / f"fence-{peer.name}.json").exists():
         return  # a forced failover recorded the peer as lost and to be fenced
-    access = ClusterAccess(
-        access.name,
-        access.client_id,
-        access.conffile,
-        (*access.options, ("client_mount_timeout", str(int(PEER_TIMEOUT)))),
-    )
+    access = access.with_mount_timeout(PEER_TIMEOUT)
     both = []
     try:
         with connected(access, PEER_TIMEOUT) as cluster:

@@ -11,12 +11,12 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import rados
 import rbd
 
+from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.errors import CephError
 
 T = TypeVar("T")
@@ -31,24 +31,6 @@ TIMEOUTS = {
     "rados_mon_op_timeout": "30",
     "rados_osd_op_timeout": "60",
 }
-
-
-@dataclass(frozen=True)
-class ClusterAccess:
-    """How to reach one Ceph cluster: a conf file and/or options, and the client id.
-
-    ``options`` holds ``mon_host`` and ``keyring`` paths, never a key itself.
-    """
-
-    name: str
-    client_id: str = "admin"
-    conffile: str | None = None
-    options: tuple[tuple[str, str], ...] = field(default=())
-
-    def describe(self) -> str:
-        """Give a one-line description fit for messages (no secrets)."""
-        where = self.conffile or dict(self.options).get("mon_host", "?")
-        return f"{self.name} (client.{self.client_id} via {where})"
 
 
 def ceph_call(what: str, call: Callable[[], T]) -> T:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pve_mirror.ceph.cluster import ClusterAccess
+from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.errors import ConfigError, NotFoundError
 from pve_mirror.files import write_atomic
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, parse_mode

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.errors import ConfigError
 from pve_mirror.pve.sectionconfig import (
     Prop,
@@ -144,6 +145,13 @@ class CephConnection:
         if self.mon_host:
             conf["mon_host"] = self.mon_host
         return conf
+
+    def access(self, name: str) -> ClusterAccess:
+        """Give the access the Ceph adapter connects with; ``name`` is for messages."""
+        conffile = str(self.conf_file) if self.conf_file else None
+        return ClusterAccess(
+            name, self.client_id, conffile, tuple(sorted(self.rados_conf().items()))
+        )
 
     def rados_kwargs(self) -> dict[str, object]:
         """Give the keyword arguments for ``rados.Rados(**kwargs)``."""

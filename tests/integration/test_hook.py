@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import rbd
 
-from pve_mirror.ceph.cluster import ClusterAccess, connected
+from pve_mirror.ceph.access import ClusterAccess
+from pve_mirror.ceph.cluster import connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.mirror import enable
 from pve_mirror.cli.main import main

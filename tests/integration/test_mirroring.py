@@ -10,7 +10,8 @@ from typing import Any
 import rbd
 
 from pve_mirror.ceph import schedule
-from pve_mirror.ceph.cluster import ClusterAccess, connected
+from pve_mirror.ceph.access import ClusterAccess
+from pve_mirror.ceph.cluster import connected
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.mirror import mirror_info
 from tests.integration.sites import Sites, next_vmid
