@@ -43,6 +43,7 @@ from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
 from pve_mirror.pve import guest_ops
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
+from pve_mirror.pve.siteconfig import parse_guest_id
 from pve_mirror.pve.storage import RbdStorage
 
 PLANNED, FORCED = "planned", "force"
@@ -459,10 +460,7 @@ class FailoverSteps:
         info = mirror.mirror_info(local, spec)
         if info.mode != "snapshot":
             return "journal mode: no schedule"
-        label = item.group
-        entry = next(
-            (e for e in self.ctx.site.guests() if guest_prefix_of(e.kind, e.vmid) == label), None
-        )
+        entry = self.ctx.site.guest(*parse_guest_id(item.group))
         return schedule.add_schedule(
             local, spec, (entry.schedule if entry else None) or DEFAULT_SCHEDULE
         )
@@ -550,11 +548,6 @@ class FailoverSteps:
         return "stopped (start it again with: systemctl start ceph-rbd-mirror.target)"
 
 
-def guest_prefix_of(kind: str, vmid: int) -> str:
-    """Give ``vm:100`` / ``ct:200`` from a kind and VMID."""
-    return f"{'vm' if kind == 'qemu' else 'ct'}:{vmid}"
-
-
 def pause_until(deadline: float, why: str, delay: float = 0.2) -> None:
     """Sleep briefly before the next poll; raise CephError(why) once past ``deadline``."""
     if time.monotonic() >= deadline:
@@ -580,8 +573,3 @@ def run_failover(
         concurrency=ctx.site.concurrency,
         progress=progress,
     )
-
-
-def journal_path(root: Path) -> Path:
-    """Give the directory of the journals."""
-    return root / "pve-mirror" / "journal"

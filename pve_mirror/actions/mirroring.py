@@ -21,8 +21,8 @@ from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, PolicyError, PveMirrorError
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, check_mode, parse_mode
 from pve_mirror.pve.disks import GuestDisk
-from pve_mirror.pve.root import GuestRef, GuestType
-from pve_mirror.pve.siteconfig import GuestEntry, load_site_config
+from pve_mirror.pve.root import GuestRef
+from pve_mirror.pve.siteconfig import GuestEntry, guest_id, load_site_config, parse_guest_id
 from pve_mirror.pve.storage import RbdStorage
 
 DEFAULT_SCHEDULE = "5m"
@@ -52,8 +52,8 @@ class PlanReport:
 
 
 def guest_prefix(ref: GuestRef) -> str:
-    """Give ``vm:100`` / ``ct:200``."""
-    return f"{'vm' if ref.kind == 'qemu' else 'ct'}:{ref.vmid}"
+    """Give ``vm:100`` / ``ct:200``, the guest's ID in pve-mirror.cfg and in plans."""
+    return guest_id(ref.kind, ref.vmid)
 
 
 def _unmirrorable(ref: GuestRef, disks: list[GuestDisk]) -> list[dict[str, str]]:
@@ -341,11 +341,6 @@ def plan_disable(ctx: SiteContext, refs: list[GuestRef], purge_peer: bool) -> Pl
     return PlanReport(plan)
 
 
-def enabled_refs(ctx: SiteContext) -> list[GuestRef]:
-    """Give the guests ``reconcile`` looks at: enabled entries whose config is here."""
-    return ctx.enabled_guests()
-
-
 class StepFunctions:
     """The functions behind every step kind of the mirroring plans."""
 
@@ -413,7 +408,7 @@ class StepFunctions:
         return "peer copy deleted"
 
     def record(self, item: Step) -> str:
-        kind, vmid = _guest_of(item.group)
+        kind, vmid = parse_guest_id(item.group)
         with self.config_lock:
             site = load_site_config(self.ctx.root.path)
             old = site.guest(kind, vmid)
@@ -432,18 +427,13 @@ class StepFunctions:
         return "recorded"
 
     def unrecord(self, item: Step) -> str:
-        kind, vmid = _guest_of(item.group)
+        kind, vmid = parse_guest_id(item.group)
         with self.config_lock:
             site = load_site_config(self.ctx.root.path)
             removed = site.remove_guest(kind, vmid)
             site.save()
             self.ctx.site = site
         return "removed" if removed else "not recorded"
-
-
-def _guest_of(group: str) -> tuple[GuestType, int]:
-    prefix, _, vmid = group.partition(":")
-    return ("qemu" if prefix == "vm" else "lxc"), int(vmid)
 
 
 def run_plan(

@@ -248,12 +248,15 @@ class InitSteps:
         return self.ctx
 
     def _cluster(self, item: Step) -> Cluster:
-        ctx = self.context()
         if item.param("side") == "peer":
-            return ctx.peer()
-        storage = ctx.root.storage_config().get(item.param("storage"))
+            return self.context().peer()
+        return self._storage_cluster(item.param("storage"))
+
+    def _storage_cluster(self, storeid: str) -> Cluster:
+        ctx = self.context()
+        storage = ctx.root.storage_config().get(storeid)
         if not isinstance(storage, RbdStorage):
-            raise ConfigError(f"storage {item.param('storage')} is not an RBD storage")
+            raise ConfigError(f"storage {storeid} is not an RBD storage")
         return ctx.local(storage)
 
     def _any_local(self) -> Cluster:
@@ -305,7 +308,7 @@ class InitSteps:
 
     def pair(self, item: Step) -> str:
         ctx = self.context()
-        local = self._cluster(_with_side(item, "local"))
+        local = self._storage_cluster(item.param("storage"))
         peer = ctx.peer()
         pool_name = item.param("pool")
         local_peers = {p["site_name"] for p in pool.peers(local, pool_name)}
@@ -326,22 +329,6 @@ class InitSteps:
         if bad:
             return f"{len(daemons)} daemon(s), not healthy: {'; '.join(bad[0]['callouts'])}"
         return f"{len(daemons)} daemon(s) healthy"
-
-
-def _with_side(item: Step, side: str) -> Step:
-    params = dict(item.params)
-    params["side"] = side
-    params.setdefault("namespace", "")
-    return Step(
-        item.id,
-        item.kind,
-        item.phase,
-        item.description,
-        item.subject,
-        item.group,
-        tuple(sorted(params.items())),
-        item.mutates,
-    )
 
 
 def site_status(ctx: SiteContext) -> dict[str, Any]:

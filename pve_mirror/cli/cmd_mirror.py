@@ -108,7 +108,7 @@ def _disable(args: argparse.Namespace) -> CommandResult:
 
 def _reconcile(args: argparse.Namespace) -> CommandResult:
     with SiteContext.load(args.root) as ctx:
-        refs = mirroring.enabled_refs(ctx)
+        refs = ctx.enabled_guests()
         report = mirroring.plan_enable(ctx, refs, mirroring.EnableOptions(keep_going=True))
         report.plan.action = "reconcile"
         report.plan.title = f"reconcile {len(refs)} mirrored guest(s)"
@@ -133,7 +133,7 @@ def _status(args: argparse.Namespace) -> CommandResult:
         if args.guest_type and args.vmid:
             refs = [ctx.guest(args.guest_type, args.vmid)]
         else:
-            refs = mirroring.enabled_refs(ctx)
+            refs = ctx.enabled_guests()
         statuses = status.collect_status(ctx, refs)
         if args.prometheus:
             status.write_prometheus(

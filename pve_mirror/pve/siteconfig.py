@@ -113,6 +113,14 @@ def guest_id(kind: GuestType, vmid: int) -> str:
     return f"{_PREFIX_BY_KIND[kind]}:{vmid}"
 
 
+def parse_guest_id(text: str) -> tuple[GuestType, int]:
+    """Give (kind, VMID) of ``vm:100`` / ``ct:200``; raises ConfigError for anything else."""
+    match = _GUEST_ID.fullmatch(text)
+    if not match:
+        raise ConfigError(f"invalid guest ID {text!r} (expected vm:<vmid> or ct:<vmid>)")
+    return _KIND_BY_PREFIX[match.group(1)], int(match.group(2))
+
+
 @dataclass(frozen=True)
 class PeerSite:
     """The other site: how to reach its Ceph cluster, its PVE API and its nodes."""
@@ -359,10 +367,3 @@ def load_site_config(root: Path, *, required: bool = True) -> SiteConfig:
         raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from exc
     text, _bad = decode_config(data)
     return SiteConfig(path, parse_section_config(text, str(path), FORMAT))
-
-
-def guest_kind(prefix: str) -> GuestType:
-    """Give ``qemu`` for ``vm`` and ``lxc`` for ``ct``; raises ConfigError otherwise."""
-    if prefix not in _KIND_BY_PREFIX:
-        raise ConfigError(f"unknown guest type {prefix!r} (expected vm or ct)")
-    return _KIND_BY_PREFIX[prefix]
