@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,3 +86,20 @@ def require(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless ``condition``."""
     if not condition:
         raise UsageError(message)
+
+
+def write_generated(render: Callable[[argparse.ArgumentParser], str], argv: list[str]) -> int:
+    """Render a file from the full parser (man page, completion) to ``argv[0]`` or stdout.
+
+    Gives 0. Used at package build time.
+    """
+    # Imported here: main imports every command module, and they import this module.
+    from pve_mirror.cli.main import build_parser
+
+    text = render(build_parser())
+    if argv:
+        with open(argv[0], "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from pve_mirror.cli.common import write_generated
 from pve_mirror.cli.manpage import (
     option_takes_value,
     subcommand_names,
@@ -102,17 +103,7 @@ def _assign(table: str, key: str, words: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the completion script to the file given as the only argument (or stdout)."""
-    # Imported here: main imports every command module, which this module does not need.
-    from pve_mirror.cli.main import build_parser
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    script = render_bash_completion(build_parser())
-    if args:
-        with open(args[0], "w", encoding="utf-8") as out:
-            out.write(script)
-    else:
-        sys.stdout.write(script)
-    return 0
+    return write_generated(render_bash_completion, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pve_mirror import __version__
+from pve_mirror.cli.common import write_generated
 
 
 @dataclass(frozen=True)
@@ -246,17 +247,7 @@ def _default_date() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the man page to the file given as the only argument (or stdout); give 0."""
-    # Imported here: main imports every command module, which this module does not need.
-    from pve_mirror.cli.main import build_parser
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    page = render_manpage(build_parser())
-    if args:
-        with open(args[0], "w", encoding="utf-8") as out:
-            out.write(page)
-    else:
-        sys.stdout.write(page)
-    return 0
+    return write_generated(render_manpage, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
