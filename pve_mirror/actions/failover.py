@@ -79,6 +79,7 @@ class GuestMove:
     order: int
     label: str
     modes: dict[ImageSpec, str] = field(default_factory=dict)
+    node: str = ""  # where its config goes and it starts
 
 
 def _startup_order(staged: StagedGuest) -> int | None:
@@ -89,6 +90,16 @@ def _startup_order(staged: StagedGuest) -> int | None:
         if key.strip() == "order" and number.strip().isdigit():
             return int(number)
     return None
+
+
+def home_node(root: Path, vmid: int, default: str) -> str:
+    """Give the node where this site last had guest ``vmid`` (an old config), else ``default``.
+
+    A guest that comes back after a round trip lands on the node it left, not on one
+    node for all.
+    """
+    found = existing_configs(root, vmid)
+    return found[0].parent.parent.name if found else default
 
 
 def target_node(ctx: SiteContext, options: FailoverOptions) -> str:
@@ -134,11 +145,12 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
         assert staged.config is not None
         config = map_storages(staged.config, staged_set.storage_map)
         sub = CONFIG_DIRS[staged.kind]
+        here = node if options.node else home_node(ctx.root.path, staged.vmid, node)
         ref = GuestRef(
             staged.vmid,
             staged.kind,
-            node,
-            ctx.root.path / "nodes" / node / sub / f"{staged.vmid}.conf",
+            here,
+            ctx.root.path / "nodes" / here / sub / f"{staged.vmid}.conf",
         )
         images: list[tuple[str, ImageSpec]] = []
         for disk in resolve_guest_disks(ref, config, storages):
@@ -150,7 +162,11 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
         order = entry.order if entry and entry.order is not None else _startup_order(staged)
         moves.append(
             GuestMove(
-                staged, images, UNORDERED if order is None else order, guest_prefix(ref)
+                staged,
+                images,
+                UNORDERED if order is None else order,
+                guest_prefix(ref),
+                node=here,
             )  # fmt: skip
         )
     return moves
@@ -169,8 +185,9 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
     forced = options.mode == FORCED
     _check_source(ctx, forced, options.yes_i_know)
     names = " ".join(m.label for m in moves)
+    on = ", ".join(sorted({m.node for m in moves}))
     plan = Plan("failover", f"{'forced' if forced else 'planned'} failover of {names} "
-                f"from {source} to {target} ({node})")  # fmt: skip
+                f"from {source} to {target} ({on})")  # fmt: skip
     if forced:
         plan.notes.append(
             f"{source} is not reachable: its images are promoted with force; {source} must be "
@@ -269,17 +286,17 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                 P_INSTALL,
                 g,
                 g,
-                f"install {move.staged.name} on node {node}",
+                f"install {move.staged.name} on node {move.node}",
                 vmid=vmid,
-                node=node,
+                node=move.node,
             )
         )
         plan.add(step("record", P_RECORD, g, g, f"record {g} in pve-mirror.cfg",
                       mode="snapshot", schedule=""))  # fmt: skip
         plan.add(step("start", P_START + orders.index(move.order), g, g,
-                      f"start {g} on {node}" + ("" if move.order == UNORDERED
-                                                else f" (boot order {move.order})"),
-                      guest_type=kind, vmid=vmid, node=node))  # fmt: skip
+                      f"start {g} on {move.node}" + ("" if move.order == UNORDERED
+                                                     else f" (boot order {move.order})"),
+                      guest_type=kind, vmid=vmid, node=move.node))  # fmt: skip
     if forced:
         plan.add(
             step(

@@ -33,16 +33,14 @@ from typing import TYPE_CHECKING
 from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.ceph.cluster import connected
 from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
-from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
-from pve_mirror.files import write_atomic
+from pve_mirror.errors import ConfigError, NotFoundError, PveMirrorError
 from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
-from pve_mirror.pve.root import CONFIG_DIRS, LABELS, ConfigRoot, GuestRef, GuestType
-from pve_mirror.pve.storage import RbdStorage, Storage, StorageConfig
+from pve_mirror.pve.root import CONFIG_DIRS, ConfigRoot, GuestRef, GuestType
+from pve_mirror.pve.storage import RbdStorage, StorageConfig
 
 if TYPE_CHECKING:
-    from pve_mirror.engine.execute_plan import Progress, StepOutcome
-    from pve_mirror.engine.plan import Plan, Step
+    pass
 
 # The engine (threads, journal) and subprocess handling are imported where they are
 # used: a guest start pays for neither unless a hookscript is chained.
@@ -354,149 +352,3 @@ def _post_stop(root: Path, vmid: int, outcome: HookOutcome) -> None:
                         outcome.errors.append(f"warning: {ref.label} {disk.key}: {exc}")
         except PveMirrorError as exc:
             outcome.errors.append(f"warning: {ref.label}: {exc}")
-
-
-# --- hook install ------------------------------------------------------------------------
-
-
-@dataclass
-class InstallPlan:
-    """What ``hook install`` will do."""
-
-    root: Path
-    storage: str
-    volid: str
-    path: Path
-    text: str
-    plan: Plan
-    warnings: list[str] = field(default_factory=list)
-
-
-def snippets_storage(storages: StorageConfig, storeid: str) -> tuple[Storage, Path, list[str]]:
-    """Give the storage, its snippets directory and warnings.
-
-    Raises NotFoundError for an unknown storage and PolicyError unless it is a ``dir``
-    storage with a path.
-    """
-    storage = storages.get(storeid)
-    if storage is None:
-        raise NotFoundError(f"storage '{storeid}' is not defined in storage.cfg")
-    base = storage.options.get("path")
-    if storage.type != "dir" or not base:
-        raise PolicyError(
-            f"storage '{storeid}' is {storage.type}, not a directory storage with a path: "
-            "hookscripts must be files in a snippets/ directory"
-        )
-    warnings = []
-    if "snippets" not in storage.content:
-        warnings.append(
-            f"storage '{storeid}' does not list 'snippets' in its content; PVE needs it "
-            f"(pvesm set {storeid} --content {','.join((*storage.content, 'snippets'))})"
-        )
-    if storage.options.get("shared") != "1":
-        warnings.append(
-            f"storage '{storeid}' is not shared: run 'pve-mirror hook install' on every node"
-        )
-    return storage, Path(base) / "snippets", warnings
-
-
-def plan_install(root: Path, storeid: str = "local") -> InstallPlan:
-    """Give the plan to install the hook on ``storeid`` and set it on every enabled guest.
-
-    A guest that already has our hook is left alone; one with another hookscript gets
-    ours with the old one chained; a locked guest is skipped with a warning. Raises
-    NotFoundError/PolicyError for an unusable storage or a missing pve-mirror.cfg.
-    """
-    from pve_mirror.engine.plan import Plan, step
-    from pve_mirror.pve.siteconfig import load_site_config
-
-    site = load_site_config(root)
-    config_root = ConfigRoot(root)
-    storages = config_root.storage_config()
-    _storage, directory, warnings = snippets_storage(storages, storeid)
-    volid = hook_volid(storeid)
-    target = directory / HOOK_NAME
-    text = snippet_text(str(root), package_pythonpath())
-    plan = Plan("hook-install", f"install the pve-mirror hookscript as {volid}")
-    current = _read_text(target)
-    if current == text and os.access(target, os.X_OK):
-        plan.notes.append(f"{target} is up to date")
-    else:
-        what = "update" if current is not None else "write"
-        plan.add(step("snippet", 1, str(target), "hook", f"{what} {target} (mode 0755)"))
-    by_vmid = {ref.vmid: ref for ref in config_root.guests()}
-    for entry in site.guests():
-        if not entry.enabled:
-            continue
-        ref = by_vmid.get(entry.vmid)
-        if ref is None or ref.kind != entry.kind:
-            warnings.append(f"{entry.section_id}: no such guest here, skipped")
-            continue
-        config = config_root.read_guest(ref)
-        lock = config.main.get("lock")
-        old = config.main.get("hookscript")
-        if old == volid:
-            plan.notes.append(f"{ref.label}: hookscript already set")
-            continue
-        if lock:
-            warnings.append(f"{ref.label} is locked ({lock}); skipped, rerun later")
-            continue
-        group = f"{ref.kind}:{ref.vmid}"
-        if old:
-            description = f"{ref.label}: set hookscript {volid}, chaining {old}"
-        else:
-            description = f"{ref.label}: set hookscript {volid}"
-        plan.add(step("set-hook", 2, group, group, description, path=str(ref.path), old=old or ""))
-    return InstallPlan(root, storeid, volid, target, text, plan, warnings)
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def run_install(install: InstallPlan, progress: Progress | None = None) -> list[StepOutcome]:
-    """Carry out an install plan; give one outcome per step.
-
-    Each guest config is re-read and rewritten atomically with only its ``hookscript``
-    line changed; a guest whose hookscript changed since planning fails its step.
-    """
-    from pve_mirror.engine.execute_plan import execute_plan
-
-    def write_snippet(_step: Step) -> str:
-        install.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = install.path.with_name(f".{HOOK_NAME}.tmp.{os.getpid()}")
-        try:
-            tmp.write_text(install.text, encoding="utf-8")
-            tmp.chmod(0o755)
-            os.replace(tmp, install.path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise ConfigError(f"cannot write: {exc.strerror}", str(install.path)) from exc
-        return "written"
-
-    def set_hook(item: Step) -> str:
-        path = Path(item.param("path"))
-        old = item.param("old")
-        kind: GuestType = "qemu" if path.parent.name == CONFIG_DIRS["qemu"] else "lxc"
-        ref = GuestRef(int(path.stem), kind, path.parent.parent.name, path)
-        config = ConfigRoot(install.root).read_guest(ref, strict=False)
-        now = config.main.get("hookscript") or ""
-        if now == install.volid:
-            return "already set"
-        if now != old:
-            raise PolicyError(
-                f"{LABELS[kind]} {ref.vmid}: hookscript changed since planning "
-                f"({old or 'none'} -> {now or 'none'}); rerun"
-            )
-        if old:
-            write_atomic(chain_file(install.root, ref.vmid), (old + "\n").encode())
-        config.set("hookscript", install.volid)
-        write_atomic(path, config.render_bytes())
-        return f"chained {old}" if old else "set"
-
-    return execute_plan(
-        install.plan, {"snippet": write_snippet, "set-hook": set_hook}, None, progress=progress
-    )

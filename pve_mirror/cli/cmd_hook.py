@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pve_mirror.actions import hook
+from pve_mirror.actions import hook, hook_install
+from pve_mirror.actions.context import SiteContext
 from pve_mirror.cli.common import CommandResult
 from pve_mirror.engine.execute_plan import all_succeeded
 
@@ -44,21 +45,28 @@ def register(
 
 
 def _install(args: argparse.Namespace) -> CommandResult:
-    planned = hook.plan_install(Path(args.root), args.storage)
+    root = Path(args.root)
+    with SiteContext.load(root) as ctx:
+        planned = hook_install.plan_install(root, args.storage, ctx.local_api())
     data: dict[str, Any] = {
         "volid": planned.volid,
         "path": str(planned.path),
+        "node": planned.this_node,
+        "shared": planned.shared,
+        "nodes": planned.nodes,
+        "nodes_lacking": planned.lacking,
         "dry_run": args.dry_run,
         "plan": planned.plan.to_dict(),
     }
     if args.dry_run:
         return CommandResult(data, text=_plan_text, warnings=planned.warnings)
     quiet = args.output_format != "text"
-    outcomes = hook.run_install(
+    outcomes = hook_install.run_install(
         planned, progress=None if quiet else lambda line: print(line, file=sys.stderr)
     )
     data["steps"] = [o.to_dict() for o in outcomes]
-    ok = all_succeeded(outcomes)
+    ok = all_succeeded(outcomes) and not planned.unprotected
+    data["unprotected"] = planned.unprotected
     warnings = planned.warnings + [
         f"{o.step.description}: {o.detail}" for o in outcomes if o.status == "failed"
     ]
@@ -69,6 +77,7 @@ def _plan_text(data: dict[str, Any]) -> str:
     plan = data["plan"]
     lines = [f"Plan: {plan['title']}"]
     lines += [f"  note: {n}" for n in plan["notes"]]
+    lines += [f"  node {node}: {state}" for node, state in sorted(data["nodes"].items())]
     for number, item in enumerate(plan["steps"], start=1):
         lines.append(f"  {number:3d}. {item['description']}")
     if not plan["steps"]:
@@ -79,11 +88,13 @@ def _plan_text(data: dict[str, Any]) -> str:
 
 def _done_text(data: dict[str, Any]) -> str:
     steps = data["steps"]
+    lacking = data["nodes_lacking"]
+    tail = f"; nodes lacking it: {', '.join(lacking)}" if lacking else ""
     if not steps:
-        return f"Hookscript {data['volid']}: already installed, nothing to do."
+        return f"Hookscript {data['volid']}: already installed, nothing to do{tail}."
     failed = sum(1 for s in steps if s["status"] == "failed")
     head = f"Hookscript {data['volid']} ({data['path']}): {len(steps) - failed} step(s) done"
-    return head + (f", {failed} failed" if failed else "")
+    return head + (f", {failed} failed" if failed else "") + tail
 
 
 def _run(args: argparse.Namespace) -> CommandResult:

@@ -58,9 +58,12 @@ class Guest:
 
 
 def create(site: PveSite, kind: str, vmid: int, storages: Iterable[str]) -> Guest:
-    """Create a guest with one 16 MiB disk per storage and the pve-mirror hookscript."""
+    """Create a guest with one 16 MiB disk per storage and the pve-mirror hookscript.
+
+    The site's nodes take turns (by VMID), so the tests cover guests on every node.
+    """
     disks = [(storage, DISK_MIB) for storage in storages]
-    site.create_guest(kind, vmid, disks, hookscript=HOOKSCRIPT)
+    site.create_guest(kind, vmid, disks, hookscript=HOOKSCRIPT, node=site.spread_node(vmid))
     return Guest(kind, vmid, len(disks))
 
 
@@ -86,7 +89,13 @@ def sync(lab: DrLab, site: PveSite) -> None:
 
 
 def _guest_api(site: PveSite, guest: Guest) -> Any:
-    return getattr(site.api().nodes(site.node), guest.kind)(guest.vmid)
+    node = site.guest_node(guest.kind, guest.vmid)
+    return getattr(site.api().nodes(node), guest.kind)(guest.vmid)
+
+
+def _upid_node(upid: str) -> str:
+    """Give the node a task runs on (``UPID:<node>:...``)."""
+    return upid.split(":")[1]
 
 
 def wait_task(site: PveSite, upid: str, timeout: float = 120.0) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def wait_task(site: PveSite, upid: str, timeout: float = 120.0) -> dict[str, Any
     api = site.api()
 
     def done() -> dict[str, Any] | None:
-        status: dict[str, Any] = api.nodes(site.node).tasks(upid).status.get()
+        status: dict[str, Any] = api.nodes(_upid_node(upid)).tasks(upid).status.get()
         return status if status["status"] == "stopped" else None
 
     return wait_until(done, timeout=timeout, what=f"task {upid} on {site.name}", interval=0.05)
@@ -102,7 +111,7 @@ def wait_task(site: PveSite, upid: str, timeout: float = 120.0) -> dict[str, Any
 
 def task_log(site: PveSite, upid: str) -> str:
     """Give a task's log as one text."""
-    lines = site.api().nodes(site.node).tasks(upid).log.get(limit=500)
+    lines = site.api().nodes(_upid_node(upid)).tasks(upid).log.get(limit=500)
     return "\n".join(str(line["t"]) for line in lines)
 
 

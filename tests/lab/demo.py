@@ -76,9 +76,10 @@ def digest(records: list[Record]) -> str:
 def api_start(site: PveSite, kind: str, vmid: int) -> str:
     """Start a guest through the site's PVE API and wait for the task; give its exitstatus."""
     api = site.api()
-    upid = getattr(api.nodes(site.node), kind)(vmid).status.start.post()
+    node = site.guest_node(kind, vmid)
+    upid = getattr(api.nodes(node), kind)(vmid).status.start.post()
     status: dict[str, object] = wait_until(
-        lambda: (s := api.nodes(site.node).tasks(upid).status.get())["status"] == "stopped" and s,
+        lambda: (s := api.nodes(node).tasks(upid).status.get())["status"] == "stopped" and s,
         timeout=60,
         what=f"start task of {vmid} on {site.name}",
     )
@@ -86,10 +87,10 @@ def api_start(site: PveSite, kind: str, vmid: int) -> str:
 
 
 def guest_state(site: PveSite, kind: str, vmid: int) -> str:
-    """Give running/stopped of a guest (stopped if the site does not know it)."""
+    """Give ``running on <node>``/``stopped on <node>`` of a guest, or ``absent``."""
     for item in site.api().cluster.resources.get(type="vm"):
         if int(item["vmid"]) == vmid and item["type"] == kind:
-            return str(item["status"])
+            return f"{item['status']} on {item['node']}"
     return "absent"
 
 
@@ -136,14 +137,15 @@ def run_demo(lab: CephLab, keep: bool = False) -> int:
 
         def create() -> str:
             lines = []
-            for _cli, kind, vmid, disks, what in GUESTS:
-                path = a.guest_config_path(kind, vmid)
+            for index, (_cli, kind, vmid, disks, what) in enumerate(GUESTS):
+                node = a.nodes[index % len(a.nodes)]
+                path = a.guest_config_path(kind, vmid, node)
                 if not path.exists():
-                    a.create_guest(kind, vmid, disks, hookscript=HOOK)
-                lines.append(f"{vmid}: {what}, {len(disks)} disk(s) -> {path}")
+                    a.create_guest(kind, vmid, disks, hookscript=HOOK, node=node)
+                lines.append(f"{vmid}: {what}, {len(disks)} disk(s) on {node} -> {path}")
             return "\n".join(lines)
 
-        steps.run("Create three guests on site-a", create)
+        steps.run("Create three guests on site-a, one per node", create)
         steps.run("pve-mirror guests", lambda: pve_mirror(dr, a, "guests"))
         steps.run(
             "pve-mirror disks vm 101 (krbd: snapshot mode only)",
@@ -165,7 +167,7 @@ def run_demo(lab: CephLab, keep: bool = False) -> int:
         def start_all() -> str:
             lines = []
             for _cli, kind, vmid, _d, _w in GUESTS:
-                if guest_state(a, kind, vmid) != "running":
+                if not guest_state(a, kind, vmid).startswith("running"):
                     lines.append(f"{vmid}: start task {api_start(a, kind, vmid)}")
             wait_until(
                 lambda: all(len(heartbeats(a, g[2])) >= 3 for g in GUESTS),
@@ -241,9 +243,16 @@ def run_demo(lab: CephLab, keep: bool = False) -> int:
             ]
             if any("site-a running" not in s or "site-b running" in s for s in states):
                 raise DemoError("\n".join(states))
+            homes = [f"{g[2]}: site-a running on {a.nodes[i % len(a.nodes)]}" for i, g in
+                     enumerate(GUESTS)]  # fmt: skip
+            if not all(home in state for home, state in zip(homes, states, strict=True)):
+                raise DemoError("a guest did not come back to its node:\n" + "\n".join(states))
             return "\n".join(states) + "\n" + compare_heartbeats(on_b, a)
 
-        steps.run("Guests run on site-a again; every heartbeat written on site-b is there", check_a)
+        steps.run(
+            "Guests run on site-a again, each on its own node; every site-b heartbeat is there",
+            check_a,
+        )
         steps.run("pve-mirror status (on site-a)", lambda: pve_mirror(dr, a, "status", ok=(0, 2)))
     except (LabError, WaitTimeoutError, DemoError, RuntimeError) as exc:
         print(f"\ndemo FAILED: {exc}")

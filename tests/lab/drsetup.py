@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 from pve_mirror.cli.main import main
 from tests.lab import sshd
 from tests.lab.ceph_lab import CephLab
-from tests.lab.pve_site import PveSite, pve_sites_for
+from tests.lab.pve_site import REPO_ROOT, PveSite, pve_sites_for
 
 
 @dataclass
@@ -41,6 +44,29 @@ def run_cli(root: Path, *args: str) -> CliResult:
         except SystemExit as exc:
             rc = int(exc.code or 0)
     return CliResult(rc, out.getvalue(), err.getvalue())
+
+
+def run_cli_on_node(site: PveSite, node: str, *args: str) -> CliResult:
+    """Run ``pve-mirror ARGS...`` as if on ``node`` of ``site``.
+
+    The first node is this machine (in-process). Another node runs the CLI in a
+    mount namespace of its own where its node-local ``local`` storage is bind-mounted
+    over the storage's path, with ``PVE_MIRROR_NODE`` naming it: the product code
+    writes to the path storage.cfg gives, as on a real node.
+    """
+    if node == site.node:
+        return run_cli(site.root, *args)
+    there = site.node_path(node, site.local_path)
+    there.mkdir(parents=True, exist_ok=True)
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            str(there), str(site.local_path),
+            sys.executable, "-m", "pve_mirror", "--root", str(site.root), *args]  # fmt: skip
+    env = dict(os.environ, PVE_MIRROR_NODE=node)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=REPO_ROOT
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 def init_args(site: PveSite, peer: PveSite, ssh: sshd.SshEndpoint | None = None) -> list[str]:
@@ -113,8 +139,12 @@ def setup_dr(lab: CephLab) -> DrLab:
             site.start()
     dr = DrLab(lab, a, b, sshd.start(lab.root / "sshd"))
     for site in (a, b):
-        for args in (init_args(site, dr.peer_of(site), dr.ssh), ["hook", "install"]):
-            result = run_cli(site.root, *args)
+        result = run_cli(site.root, *init_args(site, dr.peer_of(site), dr.ssh))
+        if result.rc != 0:
+            raise RuntimeError(f"{site.name}: pve-mirror site init: {result.err}")
+        # as an admin does on every node: the snippet lives on node-local storage
+        for node in reversed(site.nodes):
+            result = run_cli_on_node(site, node, "hook", "install")
             if result.rc != 0:
-                raise RuntimeError(f"{site.name}: pve-mirror {args[0]} {args[1]}: {result.err}")
+                raise RuntimeError(f"{site.name} {node}: pve-mirror hook install: {result.err}")
     return dr

@@ -1,17 +1,22 @@
-"""A simulated PVE node per lab site: an /etc/pve-like config root plus the API simulator.
+"""A simulated PVE cluster per lab site: /etc/pve on real pmxcfs, three nodes, an API simulator.
 
 For a Ceph lab site ``site-a`` under lab dir ``L`` this builds::
 
-    L/site-a/pve/                 config root laid out like /etc/pve
-        storage.cfg               dir "local", rbd "ceph-rbd" (librbd), rbd "ceph-krbd" (krbd 1)
+    L/pmxcfs/site-a/etc-pve/      /etc/pve: a real pmxcfs instance (local mode, node
+                                  pve-a1), or a plain directory where ../shared is absent
+        storage.cfg               dir "local" (node-local), rbd "ceph-rbd" (librbd),
+                                  rbd "ceph-krbd" (krbd 1)
         priv/ceph/<storeid>.keyring (0600), priv/ceph/<storeid>.conf
-        nodes/pve-a1/{qemu-server,lxc}/  and the links qemu-server, lxc, local
-    L/site-a/var-lib-vz/          the "local" dir storage (snippets/ for hookscripts)
+        nodes/pve-a1..3/{qemu-server,lxc,priv}/
+    L/site-a/var-lib-vz/          the "local" storage of pve-a1 (snippets/ for hookscripts)
+    L/site-a/hosts/pve-aN/        the file system of pve-a2 and pve-a3: a node-local path P
+                                  of theirs is hosts/pve-aN/P (pve-a1 is this machine)
     L/site-a/pvesim/              simulator scratch: cert, token file, pid, log, guests
 
 and runs ``python3 -m tests.lab.pvesim`` for it on 127.0.0.1:<mon port + 5> (a port
-the Ceph lab leaves free), with an API token ``root@pam!pve-mirror``. The Ceph lab
-wipes the site dir on ``up()``, so build PVE sites after the Ceph lab is up.
+the Ceph lab leaves free), serving every node, with an API token
+``root@pam!pve-mirror``. The Ceph lab wipes the site dir (and the pmxcfs databases)
+on ``up()``, so build PVE sites after the Ceph lab is up.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from tests.lab import procs
 from tests.lab.ceph_lab import CephSite
+from tests.lab.pmxcfs import PveFs
 from tests.lab.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,9 +51,12 @@ KRBD_FEATURES = 1 | 4 | 8 | 16 | 32
 DiskSpec = tuple[str, int] | tuple[str, int, str]  # (storeid, size MiB[, image to reuse])
 
 
-def node_name(site: str) -> str:
-    """Give the PVE node name of a lab site: site-a -> pve-a1."""
-    return f"pve-{site.removeprefix('site-')}1"
+NODES_PER_SITE = 3
+
+
+def node_name(site: str, index: int = 1) -> str:
+    """Give the name of node ``index`` of a lab site: site-a -> pve-a1."""
+    return f"pve-{site.removeprefix('site-')}{index}"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -56,6 +65,16 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     path.chmod(0o600)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file holds it already (pmxcfs keeps mode 0640 itself)."""
+    try:
+        if path.read_text() == text:
+            return
+    except FileNotFoundError:
+        pass
+    path.write_text(text)
 
 
 def _mac(vmid: int, index: int) -> str:
@@ -73,7 +92,13 @@ class PveSite:
         self.ceph = ceph
         self.name = ceph.name
         self.node = node or node_name(ceph.name)
-        self.root = ceph.dir / "pve"
+        self.nodes = [self.node] + [
+            n
+            for n in (node_name(ceph.name, i) for i in range(1, NODES_PER_SITE + 1))
+            if n != self.node
+        ]
+        self.fs = PveFs(ceph.dir.parent / "pmxcfs" / ceph.name, self.node)
+        self.root = self.fs.mount
         self.local_path = ceph.dir / "var-lib-vz"
         self.scratch = ceph.dir / "pvesim"
         self.port = port if port is not None else ceph.mon_port + 5
@@ -111,6 +136,16 @@ class PveSite:
         """The certificate's SHA-256 fingerprint (AA:BB:...), once the simulator runs."""
         return str(self._ready()["fingerprint"])
 
+    def host_root(self, node: str) -> Path:
+        """Give the directory that plays ``/`` on ``node`` (``/`` itself for the first node)."""
+        if node == self.node:
+            return Path("/")
+        return self.ceph.dir / "hosts" / node
+
+    def node_path(self, node: str, path: Path) -> Path:
+        """Give where node-local ``path`` (e.g. a dir storage's path) of ``node`` lives here."""
+        return self.host_root(node) / path.relative_to("/")
+
     def node_dir(self, node: str | None = None) -> Path:
         """Give ``nodes/<node>`` of the config root."""
         return self.root / "nodes" / (node or self.node)
@@ -120,22 +155,40 @@ class PveSite:
         sub = "qemu-server" if kind == "qemu" else "lxc"
         return self.node_dir(node) / sub / f"{vmid}.conf"
 
+    def guest_node(self, kind: str, vmid: int) -> str:
+        """Give the node whose config dir holds guest ``vmid`` (the first node if none)."""
+        for node in self.nodes:
+            if self.guest_config_path(kind, vmid, node).exists():
+                return node
+        return self.node
+
+    def spread_node(self, vmid: int) -> str:
+        """Give the node a new lab guest lives on: the nodes take turns by VMID."""
+        return self.nodes[vmid % len(self.nodes)]
+
     def build(self) -> None:
-        """Write the config root, keyrings, storage dirs and token (keeps guest configs)."""
-        for sub in ("qemu-server", "lxc", "priv"):
-            (self.node_dir() / sub).mkdir(parents=True, exist_ok=True)
-        for link, target in (
-            ("qemu-server", f"nodes/{self.node}/qemu-server"),
-            ("lxc", f"nodes/{self.node}/lxc"),
-            ("local", f"nodes/{self.node}"),
-        ):
-            path = self.root / link
-            if not path.is_symlink():
-                path.symlink_to(target)
-        for sub in ("snippets", "images", "template/iso", "template/cache", "dump"):
-            (self.local_path / sub).mkdir(parents=True, exist_ok=True)
+        """Mount /etc/pve and write it, keyrings, storage dirs and token (keeps guest configs).
+
+        Raises PmxcfsError when pmxcfs cannot be started (or is missing under CI).
+        """
+        self.fs.start()
+        for node in self.nodes:
+            for sub in ("qemu-server", "lxc", "priv"):
+                (self.node_dir(node) / sub).mkdir(parents=True, exist_ok=True)
+            for sub in ("snippets", "images", "template/iso", "template/cache", "dump"):
+                self.node_path(node, self.local_path / sub).mkdir(parents=True, exist_ok=True)
+        if not self.fs.real:
+            # pmxcfs has these links built in, pointing at its own node
+            for link, target in (
+                ("qemu-server", f"nodes/{self.node}/qemu-server"),
+                ("lxc", f"nodes/{self.node}/lxc"),
+                ("local", f"nodes/{self.node}"),
+            ):
+                path = self.root / link
+                if not path.is_symlink():
+                    path.symlink_to(target)
+            (self.root / "priv").chmod(0o700)
         (self.root / "priv" / "ceph").mkdir(parents=True, exist_ok=True)
-        (self.root / "priv").chmod(0o700)
         mon = self.ceph.mon_host
         storage_cfg = textwrap.dedent(f"""\
             dir: local
@@ -156,7 +209,7 @@ class PveSite:
             \tpool {self.ceph.pool}
             \tusername admin
             """)
-        (self.root / "storage.cfg").write_text(storage_cfg)
+        _write_if_changed(self.root / "storage.cfg", storage_cfg)
         keyring = self.ceph.admin_keyring.read_text()
         for storeid in (RBD_STORAGE, KRBD_STORAGE):
             key_path = self.root / "priv" / "ceph" / f"{storeid}.keyring"
@@ -179,6 +232,7 @@ class PveSite:
                 "--scratch", str(self.scratch),
                 "--port", str(self.port),
                 "--token-file", str(self.token_file),
+                *(f"--node-root={n}={self.host_root(n)}" for n in self.nodes[1:]),
                 "--verbose",
             ],
             cwd=REPO_ROOT,

@@ -41,6 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
     p.add_argument("--bind", default="127.0.0.1")
     p.add_argument("--token-file", type=Path, required=True, help="user@realm!tokenid=secret")
+    p.add_argument(
+        "--node-root",
+        action="append",
+        default=[],
+        metavar="NODE=DIR",
+        help="DIR plays / of NODE for its node-local storages (default: this machine)",
+    )
     p.add_argument("--hook-timeout", type=float, default=DEFAULT_TIMEOUT)
     p.add_argument("--no-tls", action="store_true", help="plain HTTP (debugging only)")
     p.add_argument("--verbose", action="store_true")
@@ -62,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     nodes = sorted(p.name for p in (args.root / "nodes").glob("*") if p.is_dir())
     cert, key = ensure_certificate(scratch, nodes[0] if nodes else "localhost")
-    simulator = Simulator(args.root, scratch, hook_timeout=args.hook_timeout)
+    node_roots = {}
+    for item in args.node_root:
+        name, _, directory = item.partition("=")
+        node_roots[name] = Path(directory)
+    simulator = Simulator(args.root, scratch, hook_timeout=args.hook_timeout, node_roots=node_roots)
     context = None if args.no_tls else make_context(cert, key)
     server = PveHTTPServer((args.bind, args.port), simulator, load_tokens(args.token_file), context)
 

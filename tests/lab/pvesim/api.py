@@ -63,8 +63,17 @@ def _guest_word(kind: str) -> str:
 class Simulator:
     """The state of one site's simulated PVE: running guests and tasks."""
 
-    def __init__(self, root: Path, scratch: Path, *, hook_timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        root: Path,
+        scratch: Path,
+        *,
+        hook_timeout: float = DEFAULT_TIMEOUT,
+        node_roots: dict[str, Path] | None = None,
+    ) -> None:
         self.root = root
+        # node -> the directory that plays its "/" (nodes not named are this machine)
+        self.node_roots = dict(node_roots or {})
         self.scratch = scratch
         self.hook_timeout = hook_timeout
         self.tasks = TaskRegistry()
@@ -93,6 +102,9 @@ class Simulator:
             self._route("POST", rf"{guest}/status/(?P<action>{action})", self._status_action)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/status", self._task_status)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/log", self._task_log)
+        self._route(
+            "GET", rf"/nodes/{node}/storage/(?P<storage>[^/]+)/content", self._storage_content
+        )
 
     def dispatch(self, req: Request) -> Any:
         """Give the ``data`` of the answer to ``req``; raises ApiError."""
@@ -262,6 +274,36 @@ class Simulator:
         out["digest"] = _digest(g.path)
         return out
 
+    def _storage_content(self, req: Request, m: re.Match[str]) -> Any:
+        """List a dir storage's volumes on one node, like pve-storage's
+        PVE::API2::Storage::Content->index (only the ``snippets`` content is simulated).
+        """
+        node = self._node(m["node"])
+        storage = config.read_storage_cfg(self.root).get(m["storage"])
+        if storage is None:
+            raise ApiError(500, f"storage '{m['storage']}' does not exist")
+        wanted = req.params.get("content")
+        base = config.node_local_path(storage, self.node_roots.get(node))
+        if base is None or wanted not in (None, "", "snippets"):
+            return []
+        if "snippets" not in storage.props.get("content", "").split(","):
+            return []
+        out = []
+        snippets = base / "snippets"
+        for path in sorted(snippets.iterdir()) if snippets.is_dir() else []:
+            if path.is_file():
+                st = path.stat()
+                out.append(
+                    {
+                        "volid": f"{storage.storeid}:snippets/{path.name}",
+                        "content": "snippets",
+                        "format": "snippet",
+                        "size": st.st_size,
+                        "ctime": int(st.st_mtime),
+                    }
+                )
+        return out
+
     def _task_status(self, req: Request, m: re.Match[str]) -> Any:
         return self._task(m).status_dict()
 
@@ -351,7 +393,9 @@ class Simulator:
                 out.append(DiskTarget(disk.key, disk.volume, filename))
             elif storage.type == "dir" and storage.path is not None:
                 fmt = "qcow2" if disk.volname.endswith(".qcow2") else "raw"
-                path = storage.path / "images" / disk.volname
+                base = config.node_local_path(storage, self.node_roots.get(conf.node))
+                assert base is not None
+                path = base / "images" / disk.volname
                 out.append(DiskTarget(disk.key, disk.volume, str(path), fmt))
             # other storage types are not simulated: the guest runs without that disk
         return out
@@ -365,7 +409,13 @@ class Simulator:
         if conf.template:
             raise TaskError("you can't start a vm if it's a template")
         run_hookscript(
-            self.root, conf, "pre-start", task_log, stop_on_error=True, timeout=self.hook_timeout
+            self.root,
+            conf,
+            "pre-start",
+            task_log,
+            stop_on_error=True,
+            timeout=self.hook_timeout,
+            node_root=self.node_roots.get(conf.node),
         )
         targets = self._disk_targets(conf)
         guest = Guest(
@@ -380,7 +430,13 @@ class Simulator:
             self._guests[conf.vmid] = guest
         task_log(f"guest {conf.vmid} started in {time.monotonic() - t0:.2f}s (pid {guest.pid})")
         run_hookscript(
-            self.root, conf, "post-start", task_log, stop_on_error=False, timeout=self.hook_timeout
+            self.root,
+            conf,
+            "post-start",
+            task_log,
+            stop_on_error=False,
+            timeout=self.hook_timeout,
+            node_root=self.node_roots.get(conf.node),
         )
 
     def _do_stop(self, conf: GuestConfig, task_log: TaskLog, *, skiplock: bool) -> None:
@@ -393,14 +449,26 @@ class Simulator:
             task_log(f"{word} {conf.vmid} not running")
             return
         run_hookscript(
-            self.root, conf, "pre-stop", task_log, stop_on_error=False, timeout=self.hook_timeout
+            self.root,
+            conf,
+            "pre-stop",
+            task_log,
+            stop_on_error=False,
+            timeout=self.hook_timeout,
+            node_root=self.node_roots.get(conf.node),
         )
         guest.stop()
         with self._guests_lock:
             if self._guests.get(conf.vmid) is guest:
                 del self._guests[conf.vmid]
         run_hookscript(
-            self.root, conf, "post-stop", task_log, stop_on_error=False, timeout=self.hook_timeout
+            self.root,
+            conf,
+            "post-stop",
+            task_log,
+            stop_on_error=False,
+            timeout=self.hook_timeout,
+            node_root=self.node_roots.get(conf.node),
         )
 
     def _crashed(self, guest: Guest, reason: str) -> None:
@@ -433,6 +501,7 @@ class Simulator:
                     lambda line: log.info("%s", line),
                     stop_on_error=False,
                     timeout=self.hook_timeout,
+                    node_root=self.node_roots.get(conf.node),
                 )
         finally:
             release()

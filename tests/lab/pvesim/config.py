@@ -219,11 +219,24 @@ def load_guest(root: Path, node: str, kind: str, vmid: int) -> GuestConfig:
     return parse_guest_config(kind, vmid, node, path, text)
 
 
-def hookscript_path(root: Path, volume: str) -> Path:
-    """Give the file of a hookscript volume ``<storeid>:snippets/<file>``.
+def node_local_path(storage: Storage, node_root: Path | None) -> Path | None:
+    """Give a dir storage's path as the node whose ``/`` is ``node_root`` sees it.
 
-    Raises ConfigError when the storage is unknown or has no path, or the volume
-    is not a snippet.
+    A storage without ``shared 1`` is node-local (pve-storage's ``dir`` plugin: each
+    node has its own files at the same path); ``node_root`` None means this machine.
+    """
+    if storage.path is None:
+        return None
+    if node_root is None or storage.props.get("shared") == "1":
+        return storage.path
+    return node_root / storage.path.relative_to("/")
+
+
+def hookscript_path(root: Path, volume: str, node_root: Path | None = None) -> Path:
+    """Give the file of a hookscript volume ``<storeid>:snippets/<file>`` on a node.
+
+    ``node_root`` is the node's ``/`` (see node_local_path). Raises ConfigError when
+    the storage is unknown or has no path, or the volume is not a snippet.
     """
     m = _VOLUME_RE.match(volume)
     if not m:
@@ -236,7 +249,9 @@ def hookscript_path(root: Path, volume: str) -> Path:
         raise ConfigError(f"storage '{storeid}' has no snippets path")
     if not volname.startswith("snippets/") or "/" in volname[len("snippets/") :]:
         raise ConfigError(f"unable to parse directory volume name '{volname}'")
-    return storage.path / volname
+    base = node_local_path(storage, node_root)
+    assert base is not None
+    return base / volname
 
 
 def ceph_conf_lines(root: Path, storage: Storage) -> dict[str, str]:

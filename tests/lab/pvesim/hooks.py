@@ -25,8 +25,13 @@ def run_hookscript(
     *,
     stop_on_error: bool,
     timeout: float = DEFAULT_TIMEOUT,
+    node_root: Path | None = None,
 ) -> None:
     """Run the guest's hookscript (if it has one) as ``<script> <vmid> <phase>``.
+
+    The script is looked up on the guest's node (``node_root``, see
+    config.node_local_path) and checked like pve-guest-common's
+    PVE::GuestHelpers::check_hookscript: a file, executable, else the start fails.
 
     The script's output goes to the task log. With ``stop_on_error`` (pre-start) a
     failure raises HookError; otherwise it is only logged as a warning, as PVE does.
@@ -35,11 +40,11 @@ def run_hookscript(
     if not volume:
         return
     try:
-        script = hookscript_path(root, volume)
+        script = hookscript_path(root, volume, node_root)
         if not script.is_file():
-            raise ConfigError(f"script '{script}' does not exist")
+            raise ConfigError(f"script '{volume}' does not exist")
         if not os.access(script, os.X_OK):
-            raise ConfigError(f"script '{script}' is not executable")
+            raise ConfigError(f"script '{volume}' is not executable")
         cmd = f"{script} {conf.vmid} {phase}"
         try:
             proc = subprocess.run(
