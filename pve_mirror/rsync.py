@@ -4,11 +4,18 @@ The peer is reached as PVE admins set it up: ``ssh`` in ``BatchMode`` (never a
 password prompt), with a bounded connect timeout, optionally a dedicated key
 (``-i`` with ``IdentitiesOnly``) and a dedicated known-hosts file (then host keys
 are checked strictly). rsync runs with flags that suit pmxcfs on the receiving
-side: no owner/group, modes 0640 for files (the only mode pmxcfs accepts outside
-``priv``) and 0755 for directories (what pmxcfs reports, so no chmod is needed),
-checksums instead of size+mtime, no directory times (pmxcfs), ``--delay-updates``
-so the new files appear together at the end, and ``--mkpath`` to create the
-staging path.
+side, where any chmod to a mode other than 0640 (0600 under ``priv/``), any chown
+and any symlink fails:
+
+* no ``--perms``: with it the receiver ``fchmod``s each temporary file to 0600 at
+  creation, which pmxcfs refuses (rsync exits 23, nothing is written);
+* ``--chmod=D0755,F0640`` and the receiving rsync run under ``umask 022``: a new file
+  then wants 0640 and a new directory 0755, exactly what pmxcfs gives, so rsync
+  never chmods (without ``--perms`` the receiver's umask masks the wanted mode, and
+  a root umask of 027 or 077 would make it chmod, and fail, on every new entry);
+* no owner, group or links; checksums instead of size+mtime; no directory times;
+  ``--delay-updates`` so the new files appear together at the end;
+  ``--delete-after`` for guests no longer sent; ``--mkpath`` to create the staging path.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ SSH = "ssh"
 CONNECT_TIMEOUT = 10
 IO_TIMEOUT = 60
 RUN_TIMEOUT = 300.0
+# The peer's login shell runs this; the umask makes the modes rsync wants pmxcfs's own.
+REMOTE_RSYNC = "umask 022 && rsync"
 
 # Values that go into rsync's -e string must not need quoting beyond spaces.
 _SAFE_TOKEN = re.compile(r"[^'\"\\\n\r\t\0]+")
@@ -107,7 +116,8 @@ def push_argv(
     """Give the rsync command that makes ``remote_dir`` on the peer a copy of ``source_dir``.
 
     With ``delete`` files that are no longer in ``source_dir`` are removed there (the
-    directory must be ours alone). Links are never sent, ownership never set.
+    directory must be ours alone). Links are never sent; ownership and modes are never
+    set (files arrive 0640, directories 0755: what pmxcfs allows).
     """
     argv = [
         RSYNC,
@@ -115,8 +125,8 @@ def push_argv(
         "--checksum",
         "--times",
         "--omit-dir-times",
-        "--perms",
         "--chmod=D0755,F0640",
+        f"--rsync-path={REMOTE_RSYNC}",
         "--no-links",
         "--no-owner",
         "--no-group",
@@ -162,10 +172,18 @@ _SSH_HINTS = ("ssh:", "Permission denied", "Host key verification failed", "REMO
 
 
 def explain(stderr: str) -> str:
-    """Give the most telling line of a failed rsync's stderr (ssh's reason if any)."""
+    """Give the most telling line of a failed rsync's stderr.
+
+    That is ssh's reason if the connection failed, else rsync's first specific
+    complaint (``rsync: [receiver] mkstemp "…" failed: Permission denied (13)`` names
+    the file and the cause; the summary line after it does not), else its last line.
+    """
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in lines:
         if any(hint in line for hint in _SSH_HINTS):
+            return line
+    for line in lines:
+        if line.startswith("rsync: ") and "connection unexpectedly closed" not in line:
             return line
     return lines[-1] if lines else ""
 

@@ -44,6 +44,12 @@ def test_push_argv_is_safe_for_pmxcfs() -> None:
     ):
         assert flag in argv
     assert "--chmod=D0755,F0640" in argv
+    # With --perms the receiver fchmods each temporary file to 0600 and pmxcfs refuses
+    # every one (rsync exits 23): modes must come from --chmod and the umask alone.
+    assert not {"--perms", "-p", "-a", "--archive", "-A", "--acls"} & set(argv)
+    assert "--rsync-path=umask 022 && rsync" in argv
+    for flag in ("--delay-updates", "--omit-dir-times", "--recursive", "--times"):
+        assert flag in argv
     assert argv[-2:] == ["/tmp/x/", "root@192.0.2.10:/etc/pve/pve-mirror/staging/site-a/"]
     shell = argv[argv.index("-e") + 1]
     assert "-i '/a dir/key'" in shell  # rsync splits -e on spaces and honours quotes
@@ -86,6 +92,11 @@ def test_explain_prefers_ssh_reason() -> None:
     )
     assert rsync.explain(stderr).startswith("ssh: connect to host")
     assert rsync.explain("rsync error: x\n") == "rsync error: x"
+    refused = (
+        'rsync: [receiver] mkstemp "/etc/pve/s/.m.json.XyZ" failed: Permission denied (13)\n'
+        "rsync error: some files/attrs were not transferred (see previous errors) (code 23)\n"
+    )
+    assert rsync.explain(refused).endswith("failed: Permission denied (13)")
     assert rsync.explain("") == ""
 
 
