@@ -36,6 +36,18 @@ class ConfigError(PveMirrorError):
         return f"{where}: {self.message}"
 
 
+class FileSystemError(ConfigError):
+    """A file could not be read or written: the file system refused (read-only without
+    quorum, full, file too large, a mode or link pmxcfs does not allow).
+
+    Names the file and the cause; ``errno`` is the refusing system call's error number.
+    """
+
+    def __init__(self, message: str, path: str | None = None, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message, path)
+
+
 class NotFoundError(PveMirrorError):
     """A guest, storage, image or site named by the user does not exist."""
 

@@ -9,9 +9,18 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from pve_mirror import __version__
-from pve_mirror.cli import cmd_failover, cmd_hook, cmd_inventory, cmd_mirror, cmd_site, cmd_sync
+from pve_mirror.cli import (
+    cmd_drill,
+    cmd_failover,
+    cmd_hook,
+    cmd_inventory,
+    cmd_mirror,
+    cmd_site,
+    cmd_sync,
+)
 from pve_mirror.cli.common import CommandResult, apply_defaults, common_options
 from pve_mirror.errors import PveMirrorError
+from pve_mirror.files import fs_error
 from pve_mirror.output import render
 
 # Each module has register(subparsers, parent) and sets ``handler`` on its parsers.
@@ -22,6 +31,7 @@ COMMAND_MODULES: list[ModuleType] = [
     cmd_sync,
     cmd_hook,
     cmd_failover,
+    cmd_drill,
 ]
 
 PROG = "pve-mirror"
@@ -61,9 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # A file system refusal no action turned into a PveMirrorError (e.g. /etc/pve
+        # read-only without quorum): still one line naming the file and the cause.
+        if args.debug:
+            raise
+        error = fs_error(exc, action="access")
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line here, the traceback with --debug
+        if args.debug:
+            raise
+        print(
+            f"{PROG}: internal error (a bug): {type(exc).__name__}: {exc}; --debug shows where",
+            file=sys.stderr,
+        )
+        return 1
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if out:
