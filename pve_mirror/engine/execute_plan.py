@@ -1,8 +1,11 @@
 """Runs a plan: phase after phase, the steps of a phase concurrently with a bound.
 
-Each step is journalled before and after it runs. A step done in an earlier run is
-not repeated. When a step fails, the later steps of the same group (guest) are
-skipped and every other group goes on; the outcome lists every step.
+Each finished step is journalled. A step done in an earlier run is not repeated.
+When a step fails, the later steps of the same group (guest) are skipped and every
+other group goes on; the outcome lists every step. A step that meets an OSError (a
+file system refusing, e.g. /etc/pve without quorum) fails like any other. If the
+journal itself cannot be written the run stops: no further step starts, since a rerun
+could not know what it did.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 
 from pve_mirror.engine.journal import Journal
 from pve_mirror.engine.plan import Plan, Step
-from pve_mirror.errors import PveMirrorError
+from pve_mirror.errors import FileSystemError, PveMirrorError
+from pve_mirror.files import fs_error
 
 StepFunction = Callable[[Step], str]
 Progress = Callable[[str], None]
@@ -26,6 +30,7 @@ DONE = "done"
 ALREADY_DONE = "already-done"
 FAILED = "failed"
 SKIPPED = "skipped"
+STOPPED = "skipped: the run stopped"
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,11 @@ def execute_plan(
 ) -> list[StepOutcome]:
     """Run every step of ``plan`` and give one outcome per step, in plan order.
 
-    A step function gives a one-line detail or raises PveMirrorError; anything else
-    it raises is a bug and propagates (the journal still shows the step as started,
-    so a rerun retries it). Raises KeyError if the plan has a kind with no function.
+    A step function gives a one-line detail or raises PveMirrorError (or OSError);
+    anything else it raises is a bug and propagates (the step is not journalled, so a
+    rerun retries it). Raises FileSystemError once the steps under way have ended if
+    the journal cannot be read or written, KeyError if the plan has a kind with no
+    function.
     """
     missing = {s.kind for s in plan.steps} - set(functions)
     if missing:
@@ -70,22 +77,33 @@ def execute_plan(
     outcomes: dict[str, StepOutcome] = {}
     total = len(plan.steps)
     counter = _Counter(total, progress)
+    journal_errors: list[FileSystemError] = []
+    stop = threading.Event()
 
     def run_one(item: Step) -> StepOutcome:
         if item.id in done_before:
             return counter.report(StepOutcome(item, ALREADY_DONE, done_before[item.id], 0.0))
-        if journal:
-            journal.record(item.id, "start")
+        if stop.is_set():
+            return counter.report(StepOutcome(item, SKIPPED, STOPPED, 0.0))
         started = time.monotonic()
         try:
             detail = functions[item.kind](item)
         except PveMirrorError as exc:
-            if journal:
-                journal.record(item.id, "failed", str(exc))
-            return counter.report(StepOutcome(item, FAILED, str(exc), time.monotonic() - started))
+            status, detail = FAILED, str(exc)
+        except OSError as exc:
+            status, detail = FAILED, str(fs_error(exc, action="access"))
+        except BaseException:
+            stop.set()  # a bug: the steps still queued must not run either
+            raise
+        else:
+            status = DONE
         if journal:
-            journal.record(item.id, "done", detail)
-        return counter.report(StepOutcome(item, DONE, detail, time.monotonic() - started))
+            try:
+                journal.record(item.id, status, detail)
+            except FileSystemError as exc:
+                journal_errors.append(exc)
+                stop.set()
+        return counter.report(StepOutcome(item, status, detail, time.monotonic() - started))
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for phase in plan.phases():
@@ -94,12 +112,16 @@ def execute_plan(
                 if item.group in failed_groups:
                     why = "skipped: an earlier step of this guest failed"
                     outcomes[item.id] = counter.report(StepOutcome(item, SKIPPED, why, 0.0))
+                elif stop.is_set():
+                    outcomes[item.id] = counter.report(StepOutcome(item, SKIPPED, STOPPED, 0.0))
                 else:
                     runnable.append(item)
             for outcome in pool.map(run_one, runnable):
                 outcomes[outcome.step.id] = outcome
                 if outcome.status == FAILED:
                     failed_groups.add(outcome.step.group)
+    if journal_errors:
+        raise journal_errors[0]
     return [outcomes[s.id] for s in plan.steps]
 
 

@@ -1,20 +1,39 @@
-"""The journal: each step is recorded before and after it runs, so a rerun continues.
+"""The journal: each finished step is recorded, so a rerun after a crash continues.
 
-A journal is an append-only JSON-lines file named after the plan's fingerprint, so
-rerunning the same command after a crash finds it; once every step is done it is
-marked finished and a later run of the same command starts afresh.
+A journal is named after the plan's fingerprint, so rerunning the same command finds
+it; once every step is done it is marked finished and a later run of the same command
+starts afresh.
+
+It lives on pmxcfs, which refuses a file past 1 MiB and stores every write of a file
+whole (and sends it to every node). So it holds only what a rerun needs: one short
+JSON line per step that finished (done, or failed), none when a step starts; and it
+is split into segments of at most :data:`SEGMENT_BYTES`: ``<action>-<fp>.jsonl``,
+then ``<action>-<fp>.1.jsonl``, ``.2.jsonl``... Each file stays far below 1 MiB
+whatever the number of guests. Finished journals are kept for the record: the
+newest :data:`KEEP_FINISHED` runs, at most :data:`KEEP_FINISHED_BYTES` in all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pve_mirror.errors import ConfigError
+from pve_mirror.files import fs_error
+
+SEGMENT_BYTES = 64 * 1024
+DETAIL_CHARS = 160
+KEEP_FINISHED = 20
+# pmxcfs holds 128 MiB for the whole cluster configuration.
+KEEP_FINISHED_BYTES = 4 * 1024 * 1024
+ACTIVE = ".jsonl"
+FINISHED = ".done"
 
 
 @dataclass(frozen=True)
@@ -22,36 +41,56 @@ class Entry:
     """One recorded event of a step."""
 
     step: str
-    event: str  # "start", "done", "failed"
+    event: str  # "done", "failed"
     detail: str
     at: float
 
 
 class Journal:
-    """The record of one plan's execution under ``directory``."""
+    """The record of one plan's execution under ``directory``; safe to share between threads."""
 
     def __init__(self, directory: Path, action: str, fingerprint: str) -> None:
         self.directory = directory
-        self.path = directory / f"{action}-{fingerprint}.jsonl"
-        self.finished_path = self.path.with_suffix(".done")
+        self.stem = f"{action}-{fingerprint}"
+        self.path = directory / f"{self.stem}{ACTIVE}"
+        self.finished_path = self.path.with_suffix(FINISHED)
+        self._lock = threading.Lock()
+        # The segment being appended to and its size; found on the first record.
+        self._segment: tuple[int, int] | None = None
+
+    def segment_path(self, index: int, suffix: str = ACTIVE) -> Path:
+        """Give the file of segment ``index`` (0 is :attr:`path`)."""
+        middle = f".{index}" if index else ""
+        return self.directory / f"{self.stem}{middle}{suffix}"
+
+    def segments(self, suffix: str = ACTIVE) -> list[Path]:
+        """Give the existing segment files, in order."""
+        out: list[Path] = []
+        while self.segment_path(len(out), suffix).exists():
+            out.append(self.segment_path(len(out), suffix))
+        return out
 
     def entries(self) -> list[Entry]:
-        """Give the recorded events; raises ConfigError naming the line if the file is corrupt.
+        """Give the recorded events, in order.
 
-        A torn last line (the process died while writing it) is ignored.
+        A torn line at the end of a segment (the process died while writing it) is
+        ignored. Raises ConfigError naming the file and line if a journal is corrupt,
+        FileSystemError if it cannot be read.
         """
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         out: list[Entry] = []
-        for number, line in enumerate(lines, start=1):
+        for path in self.segments():
             try:
-                raw = json.loads(line)
-                out.append(Entry(raw["step"], raw["event"], raw.get("detail", ""), raw["at"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                if number == len(lines):
-                    break
-                raise ConfigError(f"corrupt journal entry: {exc}", str(self.path), number) from exc
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError as exc:
+                raise fs_error(exc, path, "read the journal") from exc
+            for number, line in enumerate(lines, start=1):
+                try:
+                    raw = json.loads(line)
+                    out.append(Entry(raw["step"], raw["event"], raw.get("detail", ""), raw["at"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    if number == len(lines):
+                        break
+                    raise ConfigError(f"corrupt journal entry: {exc}", str(path), number) from exc
         return out
 
     def done_steps(self) -> dict[str, str]:
@@ -63,22 +102,114 @@ class Journal:
         return self.path.exists()
 
     def record(self, step_id: str, event: str, detail: str = "") -> None:
-        """Append one event and flush it to disk before returning."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"step": step_id, "event": event, "detail": detail, "at": time.time()})
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one event and flush it to disk before returning.
+
+        Raises FileSystemError naming the journal file if it cannot be written.
+        """
+        entry: dict[str, object] = {"step": step_id, "event": event}
+        if detail:
+            short = detail if len(detail) <= DETAIL_CHARS else detail[: DETAIL_CHARS - 3] + "..."
+            entry["detail"] = short
+        entry["at"] = int(time.time())
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            index, size = self._segment or self._open()
+            if size and size + len(line) > SEGMENT_BYTES:
+                index, size = index + 1, 0
+            path = self.segment_path(index)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                try:
+                    os.write(fd, line)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise fs_error(exc, path, "record a step in the journal") from exc
+            self._segment = (index, size + len(line))
+
+    def _open(self) -> tuple[int, int]:
+        """Find the last segment and its size, cutting a torn last line off it."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fs_error(exc, self.directory, "create the directory") from exc
+        existing = self.segments()
+        if not existing:
+            return 0, 0
+        last = existing[-1]
+        try:
+            data = last.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # A crash mid-line: later lines must not be glued to the fragment.
+                keep = data.rfind(b"\n") + 1
+                os.truncate(last, keep)
+                data = data[:keep]
+        except OSError as exc:
+            raise fs_error(exc, last, "repair the journal") from exc
+        return len(existing) - 1, len(data)
 
     def finish(self) -> None:
-        """Mark the run finished: the journal is kept for the record under a new name."""
-        if self.path.exists():
-            os.replace(self.path, self.finished_path)
+        """Mark the run finished: the segments are kept for the record under new names.
 
-    def summary(self) -> dict[str, Any]:
-        """Give the path and the per-step last event, for status output."""
-        last: dict[str, str] = {}
-        for entry in self.entries():
-            last[entry.step] = entry.event
-        return {"path": str(self.path), "steps": last}
+        Older finished journals beyond the newest :data:`KEEP_FINISHED` are removed.
+        Raises FileSystemError if the file system refuses.
+        """
+        with self._lock:
+            active = self.segments()
+            try:
+                for index, path in enumerate(active):
+                    os.replace(path, self.segment_path(index, FINISHED))
+                # Segments of an earlier finished run of the same plan that had more.
+                index = len(active)
+                while active and self.segment_path(index, FINISHED).exists():
+                    self.segment_path(index, FINISHED).unlink()
+                    index += 1
+            except OSError as exc:
+                raise fs_error(exc, self.path, "finish the journal") from exc
+            self._segment = None
+        prune_finished(self.directory, KEEP_FINISHED)
+
+
+_SEGMENT = re.compile(r"(?P<stem>.+?)(?:\.(?P<index>[1-9]\d*))?" + re.escape(FINISHED))
+
+
+def prune_finished(directory: Path, keep: int, keep_bytes: int | None = None) -> list[Path]:
+    """Remove the oldest finished journals in ``directory`` beyond the newest ``keep``
+    runs, or beyond ``keep_bytes`` in all (default :data:`KEEP_FINISHED_BYTES`); the
+    newest run always stays.
+
+    Gives the files removed. Raises FileSystemError if the file system refuses.
+    """
+    limit = KEEP_FINISHED_BYTES if keep_bytes is None else keep_bytes
+    runs: dict[str, list[tuple[Path, os.stat_result]]] = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise fs_error(exc, directory, "read") from exc
+    for name in names:
+        match = _SEGMENT.fullmatch(name)
+        if match:
+            with suppress(FileNotFoundError):
+                info = (directory / name).stat()
+                runs.setdefault(match.group("stem"), []).append((directory / name, info))
+    newest_first = sorted(
+        runs, key=lambda stem: max(i.st_mtime for _, i in runs[stem]), reverse=True
+    )
+    removed: list[Path] = []
+    total = 0
+    for rank, stem in enumerate(newest_first):
+        total += sum(i.st_size for _, i in runs[stem])
+        if rank == 0 or (rank < keep and total <= limit):
+            continue
+        for path, _info in runs[stem]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise fs_error(exc, path, "remove an old journal") from exc
+            removed.append(path)
+    return removed
