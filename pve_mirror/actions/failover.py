@@ -40,6 +40,7 @@ from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.files import write_atomic
 from pve_mirror.pve import guest_ops
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
@@ -548,14 +549,14 @@ class FailoverSteps:
 
     def fence_note(self, item: Step) -> str:
         path = self.ctx.root.path / "pve-mirror" / f"fence-{item.param('source')}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         note = {
             "source": item.param("source"),
             "at": time.time(),
             "guests": sorted(self.moves),
             "why": "images promoted with force; the source still considers itself primary",
         }
-        path.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        # Atomic: the hook on every node reads this note before it lets a guest start.
+        write_atomic(path, (json.dumps(note, indent=2) + "\n").encode())
         return f"recorded in {path}"
 
     def stop_mirror_daemon(self, item: Step) -> str:

@@ -18,6 +18,7 @@ overwrite a guest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.errors import (
+    ConfigError,
+    FileSystemError,
+    NotFoundError,
+    PolicyError,
+    PveMirrorError,
+)
 from pve_mirror.files import write_atomic
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
@@ -479,8 +486,9 @@ def install_staged(
     written atomically (temporary file in the same directory, then rename) with mode
     0640, and the path is given. A rerun that finds exactly these bytes already there
     succeeds without writing. Raises PolicyError if the config is not valid or the VMID
-    exists anywhere here (any node, VM or CT) with other content, NotFoundError if the
-    node does not exist, ConfigError for an invalid node name.
+    exists anywhere here (any node, VM or CT) with other content, also when pmxcfs
+    refuses the name (EEXIST), NotFoundError if the node does not exist, ConfigError
+    for an invalid node name, FileSystemError if the file cannot be written.
     """
     if not _NODE_NAME.fullmatch(target_node):
         raise ConfigError(f"invalid node name {target_node!r}")
@@ -496,7 +504,16 @@ def install_staged(
             f"{staged.label}: VMID {staged.vmid} already exists here ({path}); "
             "refusing to overwrite it"
         )
-    write_atomic(target, data, CONFIG_MODE)
+    try:
+        write_atomic(target, data, CONFIG_MODE)
+    except FileSystemError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        # pmxcfs knows every VMID of the cluster (also one created since the check above).
+        raise PolicyError(
+            f"{staged.label}: VMID {staged.vmid} already exists in the cluster "
+            f"(pmxcfs refused {target}); refusing to overwrite it"
+        ) from exc
     return target
 
 
