@@ -70,6 +70,9 @@ FORMAT = SectionFormat(
             "node": Prop(string(r"[A-Za-z0-9][A-Za-z0-9\-]*", "node name")),
             "comment": Prop(string()),
             "concurrency": Prop(integer(1)),
+            # DR drills (actions/drill_site.py): drill guests' VMIDs and isolated bridge.
+            "drill-vmids": Prop(string(r"[1-9]\d{2,8}-[1-9]\d{2,8}", "VMID range")),
+            "drill-bridge": Prop(string(r"[A-Za-z][A-Za-z0-9_.\-]*", "bridge name")),
         },
         "peer": {
             "api-url": Prop(string(r"https://\S+", "API URL")),
