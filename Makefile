@@ -1,10 +1,11 @@
 # The two commands of the README: `make demo` and `make test`. Each sets itself up.
-PY := .venv/bin/python
+VENV ?= .venv
+PY := $(VENV)/bin/python
 
 .PHONY: deps demo test lint unit integration clean deb package-test
 
 deps:
-	@bash tests/deps.sh
+	@VENV=$(VENV) bash tests/deps.sh
 
 demo: deps
 	$(PY) -m tests.lab demo $(DEMO_ARGS)

@@ -2,8 +2,11 @@
 # Installs what pve-mirror's tests and demo need on a fresh Debian bookworm machine:
 # the Debian packages (apt-get, only those missing) and a virtualenv in .venv that
 # sees the system's rados/rbd/proxmoxer (--system-site-packages) plus the test tools.
+# VENV=DIR puts the virtualenv elsewhere (.ci/ceph-matrix.sh: one per Debian root, so
+# that a root's Python never meets the host's .venv in the shared work tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
 
 PACKAGES=(
     ceph-mon ceph-osd ceph-mgr rbd-mirror ceph-common python3-rados python3-rbd
@@ -22,10 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import rbd, rados' 2>/dev/null; then
-    rm -rf .venv
-    /usr/bin/python3 -m venv --system-site-packages .venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import rbd, rados' 2>/dev/null; then
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-if ! .venv/bin/python -c 'import pytest, ruff, mypy' 2>/dev/null; then
-    .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+if ! "$VENV/bin/python" -c 'import pytest, ruff, mypy' 2>/dev/null; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.lab import procs
+from tests.lab import ceph_release, procs
 from tests.lab.wait import WaitTimeoutError, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,9 +94,13 @@ def check_prerequisites() -> None:
 
 
 def _cephx_key() -> str:
-    """Give a fresh cephx secret in the keyring encoding (type, created, len, 16 bytes)."""
-    header = struct.pack("<HIIH", 1, int(time.time()), 0, 16)
-    return base64.b64encode(header + os.urandom(16)).decode()
+    """Give a fresh cephx secret in the keyring encoding (type, created, len, secret).
+
+    Of the type and length the installed Ceph makes (AES-256 from 20.2 on).
+    """
+    key_type, length = ceph_release.cephx_key_format()
+    header = struct.pack("<HIIH", key_type, int(time.time()), 0, length)
+    return base64.b64encode(header + os.urandom(length)).decode()
 
 
 def _keyring_entry(entity: str, key: str, caps: dict[str, str]) -> str:
@@ -214,6 +218,11 @@ class CephSite:
     def pid_dir(self) -> Path:
         return self.dir / "pids"
 
+    @property
+    def mgr_python_dir(self) -> Path:
+        """Where lab-only stand-in modules for ceph-mgr live (see tests/lab/ceph_release.py)."""
+        return self.dir / "mgr-python"
+
     def keyring(self, entity: str) -> Path:
         return self.dir / "keyrings" / f"{entity}.keyring"
 
@@ -225,7 +234,7 @@ class CephSite:
         """Give how to start each of this site's daemons, in start order."""
         conf = str(self.conf)
 
-        def spec(name: str, argv: list[str]) -> procs.DaemonSpec:
+        def spec(name: str, argv: list[str], env: dict[str, str] | None = None) -> procs.DaemonSpec:
             return procs.DaemonSpec(
                 name=name,
                 argv=argv,
@@ -233,11 +242,16 @@ class CephSite:
                 log=self.log_dir / f"{name}.out",
                 pid_file=self.pid_dir / f"{name}.pid",
                 marker=conf,
+                env=tuple(sorted((env or {}).items())),
             )
 
         return {
             "mon": spec("mon", ["/usr/bin/ceph-mon", "-f", "-c", conf, "-i", MON_ID]),
-            "mgr": spec("mgr", ["/usr/bin/ceph-mgr", "-f", "-c", conf, "-i", MGR_ID]),
+            "mgr": spec(
+                "mgr",
+                ["/usr/bin/ceph-mgr", "-f", "-c", conf, "-i", MGR_ID],
+                ceph_release.mgr_env(self.mgr_python_dir),
+            ),
             "osd": spec("osd", ["/usr/bin/ceph-osd", "-f", "-c", conf, "-i", str(OSD_ID)]),
             # gotcha 4: rbd-mirror reads ./<cluster>.conf for its local cluster; the
             # cwd is the site dir, which holds <site>.conf.
@@ -255,6 +269,10 @@ class CephSite:
         """Give the site's Ceph conf (daemons and client.admin share it)."""
         d = self.dir
         lo, hi = self.bind_ports
+        # From 18.2 the OSD's default class dir is relative and finds no class (no
+        # cls_rbd: every mirroring call fails with EOPNOTSUPP); see ceph_release.
+        class_dir = ceph_release.osd_class_dir()
+        osd_class_dir = f"osd_class_dir = {class_dir}\n" if class_dir else ""
         return f"""# pve-mirror two-site lab: {self.name} (generated; see tests/lab/ceph_lab.py)
 [global]
 fsid = {self.fsid}
@@ -307,7 +325,7 @@ bluestore_block_size = {OSD_BLOCK_BYTES}
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
 osd_memory_target = 939524096
-
+{osd_class_dir}
 [client.admin]
 client_mount_timeout = {CLIENT_TIMEOUTS["client_mount_timeout"]}
 rados_mon_op_timeout = {CLIENT_TIMEOUTS["rados_mon_op_timeout"]}
@@ -490,7 +508,10 @@ class CephLab:
             started = time.monotonic()
             self._wipe(keep_logs=False)
             self.root.mkdir(parents=True, exist_ok=True)
-            self._log(f"up: building two-site lab in {self.root} ({self._ports_text()})")
+            self._log(
+                f"up: building two-site lab in {self.root} ({self._ports_text()}), "
+                f"Ceph {ceph_release.ceph_version()}"
+            )
             try:
                 self._build(deadline=started + timeout)
             except BaseException as exc:
@@ -609,6 +630,7 @@ class CephLab:
             f"client.{site.mirror_user}": {"mon": "profile rbd-mirror", "osd": "profile rbd"},
         }
         site.conf.write_text(site.conf_text())
+        ceph_release.write_mgr_python(site.mgr_python_dir)
         # All keys and caps go into the mon's initial keyring: one mkfs instead of
         # several auth round trips.
         mon_keyring = d / "keyrings" / "mon-initial.keyring"

@@ -35,6 +35,7 @@ class DaemonSpec:
     log: Path
     pid_file: Path
     marker: str  # a string (our conf path) that must be in the process's cmdline
+    env: tuple[tuple[str, str], ...] = ()  # set on top of the caller's environment
 
 
 def cmdline(pid: int) -> list[str] | None:
@@ -87,6 +88,7 @@ def start(spec: DaemonSpec) -> int:
     env = dict(os.environ, LC_ALL="C")
     env.pop("CEPH_CONF", None)  # gotcha 4: rbd-mirror must find ./<site>.conf, nothing else
     env.pop("CEPH_ARGS", None)
+    env.update(spec.env)
     with spec.log.open("ab") as out:
         try:
             proc = subprocess.Popen(
