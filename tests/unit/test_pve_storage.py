@@ -10,31 +10,59 @@ from pve_mirror.pve.storage import (
     load_storage_config,
     parse_storage_config,
 )
-from tests.unit.proxmox_fixtures import STORAGE_CFG2CMD, STORAGE_DOCS
+
+# Written like the admin guide's examples: tab and 8-space indents, comments between
+# sections, a flag without a value, monitors separated by ";", "," and blanks.
+OWN_STORAGE_CFG = """\
+dir: local
+\tpath /var/lib/vz
+\tcontent iso,vztmpl,backup,snippets
+
+# default image store on a ZFS installation
+zfspool: local-zfs
+\tpool rpool/data
+\tsparse
+\tcontent images,rootdir
+
+rbd: vm-librbd
+\tcontent images
+\tmonhost 192.0.2.1,192.0.2.2,2001:db8::3
+\tpool vms
+\tusername admin
+
+rbd: vm-krbd
+\tcontent images,rootdir
+\tkrbd 1
+\tmonhost 192.0.2.1,192.0.2.2,2001:db8::3
+\tpool vms
+\tusername admin
+
+# the other site's cluster
+rbd: remote
+        monhost 198.51.100.7;198.51.100.8 198.51.100.9
+        pool remote-vms
+        content images
+        username mirror
+        namespace dr
+"""
 
 
-def test_cfg2cmd_storage_config() -> None:
-    config = parse_storage_config(STORAGE_CFG2CMD.read_text(), str(STORAGE_CFG2CMD))
+def test_own_config_tabs_spaces_comments() -> None:
+    config = parse_storage_config(OWN_STORAGE_CFG, "/etc/pve/storage.cfg")
     assert config.warnings == []
-    rbd = config.storages["rbd-store"]
-    krbd = config.storages["krbd-store"]
-    assert isinstance(rbd, RbdStorage) and isinstance(krbd, RbdStorage)
-    assert (rbd.pool, rbd.krbd, rbd.username) == ("cpool", False, "admin")
-    assert krbd.krbd is True
-    assert rbd.monhost == ("127.0.0.42", "127.0.0.21", "::1")
-    assert config.storages["local-lvm"].type == "lvmthin"
-    assert [s.storeid for s in config.rbd()] == ["rbd-store", "krbd-store"]
-
-
-def test_docs_examples_tabs_spaces_comments() -> None:
-    config = parse_storage_config(STORAGE_DOCS.read_text(), str(STORAGE_DOCS))
-    assert config.warnings == []
-    external = config.storages["ceph-external"]
-    assert isinstance(external, RbdStorage)
-    assert external.monhost == ("10.1.1.20", "10.1.1.21", "10.1.1.22")
-    assert external.pool == "ceph-external"
+    assert set(config.storages) == {"local", "local-zfs", "vm-librbd", "vm-krbd", "remote"}
+    librbd, krbd = config.storages["vm-librbd"], config.storages["vm-krbd"]
+    remote = config.storages["remote"]
+    assert isinstance(librbd, RbdStorage) and isinstance(krbd, RbdStorage)
+    assert isinstance(remote, RbdStorage)
+    assert (librbd.pool, librbd.krbd, librbd.username) == ("vms", False, "admin")
+    assert (krbd.pool, krbd.krbd, krbd.content) == ("vms", True, ("images", "rootdir"))
+    assert librbd.monhost == ("192.0.2.1", "192.0.2.2", "2001:db8::3")
+    assert remote.monhost == ("198.51.100.7", "198.51.100.8", "198.51.100.9")
+    assert (remote.pool, remote.username, remote.namespace) == ("remote-vms", "mirror", "dr")
+    assert config.storages["local-zfs"].type == "zfspool"
     assert config.storages["local-zfs"].options["sparse"] == "1"
-    assert set(config.storages) == {"local", "local-lvm", "local-zfs", "ceph-external"}
+    assert [s.storeid for s in config.rbd()] == ["vm-librbd", "vm-krbd", "remote"]
 
 
 def test_rbd_defaults_and_local_always_exists() -> None:
