@@ -24,7 +24,9 @@ from pve_mirror.actions import drill_site
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.drill_config import (
     DrillDisk,
+    copied,
     drill_image_name,
+    host_paths,
     unusable_disks,
 )
 from pve_mirror.actions.drill_state import (
@@ -121,6 +123,7 @@ class Checked:
     staged: StagedGuest
     config: GuestConfig
     disks: list[tuple[str, str, ImageSpec]]  # (disk key, storage ID, image)
+    host_paths: list[str]  # host devices and bind mounts the drill guest goes without
 
     @property
     def label(self) -> str:
@@ -140,9 +143,9 @@ def _check_guest(ctx: SiteContext, staged: StagedGuest, storage_map: dict[str, s
     bad = unusable_disks(disks)
     if bad:
         raise PolicyError(f"{label}: a drill cannot bring along {bad[0]}")
-    checked = Checked(staged, config, [])
+    checked = Checked(staged, config, [], host_paths(disks))
     for disk in disks:
-        if not disk.mirrorable or disk.spec is None or disk.storage is None:
+        if not copied(disk) or disk.spec is None or disk.storage is None:
             continue
         storage = storages.get(disk.storage)
         if not isinstance(storage, RbdStorage):
@@ -232,6 +235,11 @@ def plan_start(
         f"data, run at {state.site} on {', '.join(sorted({g.node for g in state.guests}))}",
     )
     plan.notes += skipped
+    for guest_check in checked:
+        plan.notes += [
+            f"{guest_check.label} runs without {path} (a host path)"
+            for path in guest_check.host_paths
+        ]
     plan.notes.append(
         "read-only on production: nothing is promoted, demoted, resynced or rescheduled; "
         "rbd-mirror keeps replicating"

@@ -68,7 +68,7 @@ def guest_row(state: DrillState, guest: DrillGuest) -> dict[str, Any]:
 def build_report(state: DrillState | None, removed: list[str], *, stopped: float) -> dict[str, Any]:
     """Give the report of a stopped drill (``state`` None: leftovers without a record)."""
     if state is None:
-        drill_id = "leftovers-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime(stopped))
+        drill_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(stopped)) + "-leftovers"
         return {
             "id": drill_id,
             "recorded": False,

@@ -14,6 +14,7 @@ finished drill leaves ``reports/<id>.json``; the newest :data:`KEEP_REPORTS` are
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ REPORTS_DIR = "reports"
 KEEP_REPORTS = 50
 FORMAT = 1
 STARTING, RUNNING = "starting", "running"
+_DRILL_ID = re.compile(r"\d{8}-\d{6}(-leftovers)?", re.ASCII)
 
 
 @dataclass
@@ -181,7 +183,12 @@ class DrillStore:
     # --- reports --------------------------------------------------------------------
 
     def report_path(self, drill_id: str) -> Path:
-        """Give where the report of drill ``drill_id`` is kept."""
+        """Give where the report of drill ``drill_id`` is kept.
+
+        Raises NotFoundError for a string that is not a drill id.
+        """
+        if not _DRILL_ID.fullmatch(drill_id):
+            raise NotFoundError(f"{drill_id!r} is not a drill id (like 20261201-101500)")
         return self.directory / REPORTS_DIR / f"{drill_id}.json"
 
     def save_report(self, report: dict[str, Any]) -> Path:

@@ -162,11 +162,14 @@ def _report(args: argparse.Namespace) -> CommandResult:
 
 
 def _age(seconds: float | None) -> str:
-    return "?" if seconds is None else f"{seconds:.0f} s"
+    if seconds is None:
+        return "?"
+    return f"{seconds:.1f} s" if abs(seconds) < 10 else f"{seconds:.0f} s"
 
 
 def _guest_lines(guest: dict[str, Any], *, now: bool) -> list[str]:
-    running = guest.get("status", "running" if guest["seconds_to_running"] is not None else "-")
+    ran = guest["seconds_to_running"] is not None
+    running = guest.get("status", "ran" if ran else "never ran")
     lines = [
         f"  {guest['guest']} -> {guest['drill_guest']} on {guest['node']}: {running}; data of "
         f"{guest['data_time'] or '?'} ({_age(guest['data_age_at_copy_s'])} old when copied"
