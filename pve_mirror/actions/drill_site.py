@@ -45,18 +45,28 @@ def bridge(ctx: SiteContext) -> str | None:
     return _site_value(ctx, "drill-bridge")
 
 
-def rbd_pools(ctx: SiteContext) -> list[tuple[RbdStorage, Cluster]]:
+def rbd_pools(
+    ctx: SiteContext, warnings: list[str] | None = None
+) -> list[tuple[RbdStorage, Cluster]]:
     """Give one RBD storage per distinct pool (and namespace) of this site, connected.
 
     Two storages on one pool (librbd and krbd, as PVE setups often have) count once.
+    A cluster that cannot be reached raises CephError, or with ``warnings`` is left out
+    with a line there.
     """
     seen: set[tuple[str, str, str]] = set()
     out = []
     for storage in ctx.root.storage_config().storages.values():
         if not isinstance(storage, RbdStorage) or storage.disabled:
             continue
-        cluster = ctx.local(storage)
-        key = (cluster.fsid, storage.pool, storage.namespace)
+        try:
+            cluster = ctx.local(storage)
+            key = (cluster.fsid, storage.pool, storage.namespace)
+        except PveMirrorError as exc:
+            if warnings is None:
+                raise
+            warnings.append(f"storage {storage.storeid} left out: {exc}")
+            continue
         if key not in seen:
             seen.add(key)
             out.append((storage, cluster))
@@ -80,11 +90,13 @@ def used_vmids(ctx: SiteContext, warnings: list[str]) -> set[int]:
         pass
     with contextlib.suppress(PveMirrorError):
         used |= {g.vmid for g in load_staged(ctx.root.path, ctx.site.peer().name).guests}
-    for storage, cluster in rbd_pools(ctx):
-        for name in copy.list_images(cluster, storage.pool, storage.namespace):
-            owner = image_vmid(name)
-            if owner is not None:
-                used.add(owner)
+    for storage, cluster in rbd_pools(ctx, warnings):
+        try:
+            names = copy.list_images(cluster, storage.pool, storage.namespace)
+        except PveMirrorError as exc:
+            warnings.append(f"VMIDs of the images of storage {storage.storeid} unknown: {exc}")
+            continue
+        used |= {v for v in map(image_vmid, names) if v is not None}
     try:
         used |= {g.vmid for g in guest_ops.cluster_guests(ctx.peer_api())}
     except PveMirrorError as exc:

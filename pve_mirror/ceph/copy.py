@@ -45,6 +45,15 @@ HEAD = "head"
 COPY_METHOD = "copy"
 DEFAULT_ATTEMPTS = 6
 METADATA_KEY = "pve-mirror-drill"
+# Never asked of a copy: journaling (pool-mode mirroring would pick it up) and the
+# internal bits a non-primary image carries (non-primary, operations, migrating).
+_NOT_COPIED = (
+    rbd.RBD_FEATURE_JOURNALING
+    | rbd.RBD_FEATURE_NON_PRIMARY
+    | rbd.RBD_FEATURE_OPERATIONS
+    | rbd.RBD_FEATURE_MIGRATING
+    | rbd.RBD_FEATURE_DATA_POOL
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,9 @@ def choose_source(snaps: Sequence[MirrorSnapshot]) -> CopySource:
             f"a sync is under way: snapshot {later[0].snap_id} was taken before it wrote "
             f"and holds the data of snapshot {held.snap_id}",
         )
-    return CopySource(None, held, newest, f"no sync under way: the head holds {held.snap_id}")
+    return CopySource(
+        None, held, newest, f"no sync under way: the head holds the data of {held.snap_id}"
+    )
 
 
 def copy_newest_complete(
@@ -132,7 +143,8 @@ def copy_newest_complete(
 ) -> CopyResult:
     """Copy the newest complete data of non-primary ``source`` to the new image ``dest``.
 
-    ``dest`` is created (same features minus journaling, so it is never mirrored),
+    ``dest`` is created (same features minus journaling and librbd's internal ones, so
+    it is never mirrored),
     gets ``metadata`` under :data:`METADATA_KEY`, and is independent of ``source``:
     nothing on ``source`` is written, locked or pinned. ``primary_times`` (primary
     snapshot id -> time, read from the peer) dates the data; without it the local
@@ -185,7 +197,7 @@ def _copy(
     with open_image(cluster, source, read_only=True) as image:
         if snap_id is not None:
             image.set_snap_by_id(snap_id)
-        features = int(image.features()) & ~int(rbd.RBD_FEATURE_JOURNALING)
+        features = int(image.features()) & ~_NOT_COPIED
         size = int(image.size())
         kwargs: dict[str, Any] = {"features": features}
         if data_pool:

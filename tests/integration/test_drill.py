@@ -174,6 +174,9 @@ def test_a_drill_runs_replicated_guests_at_b_and_leaves_nothing(sites: Sites) ->
         assert dry.rc == 0, dry.out + dry.err
         kinds = [s["kind"] for s in dry.json()["plan"]["steps"]]
         assert kinds.count("drill-copy") == 3 and kinds.count("drill-start") == 2, kinds
+        every = sites.cli(b, "drill", "start", "--all", "--dry-run", "--output-format", "json")
+        assert every.rc == 0, every.out + every.err  # guests it cannot run are left out
+        assert {vm.label, ct.label} <= {s["guest"] for s in every.json()["plan"]["steps"]}
         assert drill_leftovers(b) == [], "a dry run must change nothing"
 
         started = sites.cli(b, "drill", "start", *words(guests), "--output-format", "json")
