@@ -5,13 +5,16 @@ into the image head (measured on 16.2.15). So the newest complete data is the he
 while no sync runs, and the snapshot taken for the running sync while one does
 (:mod:`pve_mirror.ceph.copy`). Both cases are compared here, byte for byte, with
 the primary's snapshot whose data the copy claims to hold; the running sync is held
-still by stopping site-b's rbd-mirror daemon in the middle of it.
+still by freezing site-b's rbd-mirror daemon (SIGSTOP) in the middle of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -21,9 +24,8 @@ from pve_mirror.ceph import copy
 from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.ceph.cluster import Cluster, connected
 from pve_mirror.ceph.imagespec import ImageSpec
-from tests.integration.sites import Sites, next_vmid
-from tests.lab import rbdtools
-from tests.lab.ceph_lab import CephSite
+from tests.lab import procs, rbdtools
+from tests.lab.ceph_lab import CephLab, CephSite
 from tests.lab.wait import wait_until
 
 MiB = 1024 * 1024
@@ -32,9 +34,9 @@ ROUNDS = 5
 
 
 @pytest.fixture
-def site_b(sites: Sites) -> Iterator[Cluster]:
-    """Give pve-mirror's connection to site-b's cluster."""
-    b = sites.lab.sites["site-b"]
+def site_b(ceph_lab: CephLab) -> Iterator[Cluster]:
+    """Give pve-mirror's connection to site-b's cluster (no PVE needed: Ceph only)."""
+    b = ceph_lab.sites["site-b"]
     access = ClusterAccess("site-b", "admin", str(b.conf), (("keyring", str(b.admin_keyring)),))
     with connected(access) as cluster:
         yield cluster
@@ -47,6 +49,20 @@ def newest_copy(site: CephSite, name: str) -> rbdtools.MirrorSnap | None:
     return snaps[-1] if snaps else None
 
 
+def freeze_mirror_daemon(site: CephSite) -> int:
+    """Stop ``site``'s rbd-mirror where it is (SIGSTOP): a sync under way stays so."""
+    pid = procs.running_pid(site.daemon_specs()["rbd-mirror"])
+    assert pid is not None, f"no rbd-mirror daemon runs at {site.name}"
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def thaw(pid: int) -> None:
+    """Let a frozen rbd-mirror daemon go on (SIGCONT)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
 def copy_of(site: CephSite, name: str, primary_id: int) -> rbdtools.MirrorSnap | None:
     """Give ``site``'s snapshot for primary snapshot ``primary_id`` once it exists."""
     snap = newest_copy(site, name)
@@ -54,11 +70,10 @@ def copy_of(site: CephSite, name: str, primary_id: int) -> rbdtools.MirrorSnap |
 
 
 def test_the_copy_holds_the_newest_complete_data_with_or_without_a_sync(
-    sites: Sites, site_b: Cluster
+    ceph_lab: CephLab, site_b: Cluster
 ) -> None:
-    lab = sites.lab
-    a, b = lab.sites["site-a"], lab.sites["site-b"]
-    name = f"drill-copy-{next_vmid()}"
+    a, b = ceph_lab.sites["site-a"], ceph_lab.sites["site-b"]
+    name = f"drill-copy-{uuid.uuid4().hex[:8]}"
     source = ImageSpec(b.pool, "", name)
     dests = [ImageSpec(b.pool, "", f"{name}-copy{i}") for i in range(3)]
     rbdtools.create_image(a, name, SIZE)
@@ -73,31 +88,34 @@ def test_the_copy_holds_the_newest_complete_data_with_or_without_a_sync(
         assert rbdtools.checksum(b, dests[0].image) == rbdtools.checksum(a, name, first)
 
         # a sync under way (held still): the snapshot taken for it holds the previous data
-        for _ in range(ROUNDS):
-            previous = rbdtools.newest_primary_snap(a, name)
-            assert previous is not None
-            rbdtools.write(a, name, 0, os.urandom(SIZE))
-            taken = rbdtools.create_mirror_snapshot(a, name)
-            syncing = wait_until(
-                functools.partial(copy_of, b, name, taken), timeout=60, interval=0.005,
-                what=f"site-b to start copying snapshot {taken}",
-            )  # fmt: skip
-            lab.stop_mirror_daemon("site-b")
-            still = newest_copy(b, name)
-            if still is not None and still.id == syncing.id and not still.complete:
-                break
-            lab.start_mirror_daemon("site-b")  # it finished first: once more
-            rbdtools.wait_replicated(a, b, name, timeout=120)
-        else:
-            pytest.fail(f"site-b copied {SIZE // MiB} MiB before its daemon stopped, {ROUNDS}x")
+        frozen: int | None = None
         try:
+            for _ in range(ROUNDS):
+                previous = rbdtools.newest_primary_snap(a, name)
+                assert previous is not None
+                rbdtools.write(a, name, 0, os.urandom(SIZE))
+                taken = rbdtools.create_mirror_snapshot(a, name)
+                syncing = wait_until(
+                    functools.partial(copy_of, b, name, taken), timeout=60, interval=0.005,
+                    what=f"site-b to start copying snapshot {taken}",
+                )  # fmt: skip
+                frozen = freeze_mirror_daemon(b)
+                still = newest_copy(b, name)
+                if still is not None and still.id == syncing.id and not still.complete:
+                    break
+                thaw(frozen)  # it finished first: once more
+                frozen = None
+                rbdtools.wait_replicated(a, b, name, timeout=120)
+            else:
+                pytest.fail(f"site-b copied {SIZE // MiB} MiB before its daemon froze, {ROUNDS}x")
             held = copy.copy_newest_complete(site_b, source, dests[1])
             assert held.source.snap_id == syncing.id, held.source
             assert held.source.held.primary_snap_id == previous.id
             want = rbdtools.checksum(a, name, previous.id)
             assert rbdtools.checksum(b, dests[1].image) == want, "not the previous sync's data"
         finally:
-            lab.start_mirror_daemon("site-b")
+            if frozen is not None:
+                thaw(frozen)
 
         # once that sync is complete the head holds it
         rbdtools.wait_replicated(a, b, name, timeout=120)
