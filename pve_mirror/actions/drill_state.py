@@ -201,9 +201,17 @@ class DrillStore:
         return path
 
     def reports(self) -> list[Path]:
-        """Give the kept reports, oldest first (ids sort by time)."""
+        """Give the kept reports, oldest first (by when they were written)."""
         directory = self.directory / REPORTS_DIR
-        return sorted(directory.glob("*.json")) if directory.is_dir() else []
+        if not directory.is_dir():
+            return []
+        found = []
+        for path in directory.glob("*.json"):
+            try:
+                found.append((path.stat().st_mtime, path.name, path))
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+        return [path for _mtime, _name, path in sorted(found)]
 
     def load_report(self, drill_id: str | None = None) -> dict[str, Any]:
         """Give the report of ``drill_id`` (default: the newest).
