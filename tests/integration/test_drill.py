@@ -259,12 +259,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def crashed_start(site: PveSite, guest: Guest, k: int) -> None:
-    """Run ``drill start`` for ``guest`` as a process SIGKILLed after its k-th step."""
-    argv = [PYTHON, "-c", CRASH_DRIVER, "--root", str(site.root), "drill", "start", guest.label]
+def crashed(site: PveSite, k: int, *args: str) -> None:
+    """Run ``pve-mirror ARGS`` on ``site`` as a process SIGKILLed after its k-th step."""
+    argv = [PYTHON, "-c", CRASH_DRIVER, "--root", str(site.root), *args]
     done = subprocess.run(argv, cwd=REPO, env={**cli_env(), "CRASH_AT": str(k)},
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == -signal.SIGKILL, f"not killed after step {k}: {done.stderr}"
+
+
+def crashed_start(site: PveSite, guest: Guest, k: int) -> None:
+    """Run ``drill start`` for ``guest`` as a process SIGKILLed after its k-th step."""
+    crashed(site, k, "drill", "start", guest.label)
 
 
 def test_an_interrupted_drill_is_cleaned_or_continued_by_a_rerun(sites: Sites) -> None:
@@ -299,8 +304,14 @@ def test_an_interrupted_drill_is_cleaned_or_continued_by_a_rerun(sites: Sites) -
         assert outcomes["drill-copy"] == "already-done" and outcomes["drill-start"] == "done"
         row = json.loads(rerun.stdout)["status"]["guests"][0]
         assert row["running"] and running(b, drill_guest(row))
-        stopped = run_cli(b, "drill", "stop")
+        # a stop killed after removing everything (stop, config, image) but before its
+        # proof is finished by a rerun, whose report lists what the first run removed
+        crashed(b, 3, "drill", "stop")
+        assert drill_leftovers(b) == ["drill.json"]
+        stopped = run_cli(b, "drill", "stop", "--output-format", "json")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert "Leftovers: none" in stopped.stdout
+        report = json.loads(stopped.stdout)["report"]
+        assert report["leftovers"] == [] and len(report["removed"]) == 2, report
+        assert {item.split()[0] for item in report["removed"]} == {"config", "image"}
         assert drill_leftovers(b) == []
         assert production(sites, [vm]) == before
