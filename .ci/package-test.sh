@@ -156,7 +156,7 @@ build_host() { # build_host SUITE
             tail -40 "$WORK/build-$suite.log"
             fail "dpkg-buildpackage failed (log: $WORK/build-$suite.log)"
         }
-    grep -E '[0-9]+ passed' "$WORK/build-$suite.log" | tail -1 || true
+    build_tests_ran "$suite"
 
     # The build must not change tracked files nor leave files git would show.
     (cd "$WORK/src" && md5sum -c --quiet "$WORK/src.md5") || fail "the build changed source files"
@@ -171,6 +171,18 @@ build_host() { # build_host SUITE
     mkdir -p "$WORK/$suite"
     mv "$WORK"/pve-mirror_* "$WORK/$suite/"
     echo "built $(basename "$WORK/$suite"/pve-mirror_*_all.deb)"
+}
+
+# The unit tests at build time: each one ran, none was skipped (a skip there means a
+# Build-Depends is missing, e.g. man-db, and the test proved nothing).
+build_tests_ran() { # build_tests_ran SUITE
+    local summary
+    summary=$(grep -E '^[0-9]+ passed' "$WORK/build-$1.log" | tail -1)
+    echo "build-time unit tests: ${summary:-none ran}"
+    [ -n "$summary" ] || fail "no unit tests ran at build time ($1)"
+    if grep -E '^SKIPPED|[0-9]+ skipped' "$WORK/build-$1.log"; then
+        fail "unit tests skipped at build time ($1): Build-Depends incomplete?"
+    fi
 }
 
 lintian_host() { # lintian_host SUITE
@@ -313,7 +325,7 @@ build_in_root() { # build_in_root SUITE
         tail -40 "$WORK/build-$suite.log"
         fail "dpkg-buildpackage in $suite failed (log: $WORK/build-$suite.log)"
     }
-    grep -E '[0-9]+ passed' "$WORK/build-$suite.log" | tail -1 || true
+    build_tests_ran "$suite"
     in_root sh -c 'cd /build/src-bumped && DEB_BUILD_OPTIONS=nocheck dpkg-buildpackage -us -uc -b' \
         >"$WORK/build-bumped-$suite.log" 2>&1 || {
         tail -40 "$WORK/build-bumped-$suite.log"
