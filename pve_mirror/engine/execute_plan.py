@@ -170,6 +170,7 @@ def run_journalled(
         journal = Journal(root / "pve-mirror" / "journal", plan.action, plan.fingerprint())
         if journal.exists() and progress:
             progress(f"continuing the unfinished run recorded in {journal.path}")
+        journal.begin(plan.title)
         outcomes = execute_plan(
             plan, functions, journal, concurrency=concurrency, progress=progress
         )

@@ -27,6 +27,7 @@ from pathlib import Path
 from pve_mirror.errors import ConfigError
 from pve_mirror.files import fs_error
 
+FORMAT_VERSION = 1
 SEGMENT_BYTES = 64 * 1024
 DETAIL_CHARS = 160
 KEEP_FINISHED = 20
@@ -86,6 +87,8 @@ class Journal:
             for number, line in enumerate(lines, start=1):
                 try:
                     raw = json.loads(line)
+                    if raw.get("event") == "begin":
+                        continue
                     out.append(Entry(raw["step"], raw["event"], raw.get("detail", ""), raw["at"]))
                 except (ValueError, KeyError, TypeError) as exc:
                     if number == len(lines):
@@ -101,6 +104,18 @@ class Journal:
         """Tell whether an unfinished run of this plan left a journal."""
         return self.path.exists()
 
+    def begin(self, title: str) -> None:
+        """Open the journal of a run before its first step: a header line (format
+        version, title, time), so a run killed before any step finished is seen.
+
+        Does nothing when the journal exists (a rerun continues it). Raises
+        FileSystemError naming the file if it cannot be written.
+        """
+        if self.exists():
+            return
+        header = {"event": "begin", "version": FORMAT_VERSION, "title": title[:DETAIL_CHARS]}
+        self._append(header)
+
     def record(self, step_id: str, event: str, detail: str = "") -> None:
         """Append one event and flush it to disk before returning.
 
@@ -110,6 +125,9 @@ class Journal:
         if detail:
             short = detail if len(detail) <= DETAIL_CHARS else detail[: DETAIL_CHARS - 3] + "..."
             entry["detail"] = short
+        self._append(entry)
+
+    def _append(self, entry: dict[str, object]) -> None:
         entry["at"] = int(time.time())
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         with self._lock:

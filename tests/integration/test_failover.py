@@ -299,12 +299,17 @@ def test_failover_refuses_a_hostile_staged_config(sites: Sites) -> None:
     planted = [staged / f"{evil}.conf", staged / "abc.conf"]
     try:
         for path in planted:
-            path.symlink_to("/etc/passwd")
+            if b.fs.real:
+                # pmxcfs has no symlinks (ENOSYS): plant a file the peer never sent
+                path.write_text("args: -device evil\n" + Path("/etc/passwd").read_text())
+            else:
+                path.symlink_to("/etc/passwd")
+        why = "not listed in manifest.json" if b.fs.real else "is a symlink"
         before = open_journals(b)
         refused = sites.cli(b, "failover", "vm", str(evil))
         assert refused.rc == 4, refused.out + refused.err
         assert f"VM {evil}: staged config unusable: " in refused.err
-        assert f"{evil}.conf: is a symlink, refused" in refused.err
+        assert f"{evil}.conf: {why}, refused" in refused.err
         assert not b.guest_config_path("qemu", evil).exists()
         assert not open_journals(b) - before
 
