@@ -35,6 +35,7 @@ from pve_mirror.ceph.mirror import enable  # noqa: E402
 from pve_mirror.cli.main import main as cli_main  # noqa: E402
 from pve_mirror.pve.siteconfig import GuestEntry, load_site_config  # noqa: E402
 from tests.lab.ceph_lab import CephLab  # noqa: E402
+from tests.lab.drsetup import pvesh_of  # noqa: E402
 from tests.lab.pve_site import RBD_STORAGE, PveSite  # noqa: E402
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -68,7 +69,7 @@ def main() -> int:
         raise SystemExit(f"the lab at {lab.root} is not up: python3 -m tests.lab up")
     ceph = lab.sites["site-a"]
     site = PveSite(ceph)
-    site.build()
+    site.start()  # hook install sets the hookscript through pvesh, on the simulator
     vmid = random.randint(10_000, 99_999)
     site.create_guest("qemu", vmid, [(RBD_STORAGE, 8), (RBD_STORAGE, 8)])
     images = [f"vm-{vmid}-disk-{i}" for i in range(2)]
@@ -81,7 +82,9 @@ def main() -> int:
     cfg.set_section("peer", "site-b", {"ssh": "root@127.0.0.1"})
     cfg.set_guest(GuestEntry("qemu", vmid))
     cfg.save()
-    if cli_main(["--root", str(site.root), "hook", "install", "--output-format", "json"]) != 0:
+    with pvesh_of(site):
+        installed = cli_main(["--root", str(site.root), "hook", "install", "--output-format=json"])
+    if installed != 0:
         raise SystemExit("hook install failed")
     noop = site.local_path / "snippets" / "noop-hook"
     noop.write_text("#!/bin/sh\nexit 0\n")

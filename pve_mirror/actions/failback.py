@@ -31,7 +31,7 @@ from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, NotFoundError, PolicyError
-from pve_mirror.pve import guest_ops
+from pve_mirror.pve import guest_ops, privileges
 from pve_mirror.pve.root import GuestType
 
 P_STOP, P_DEMOTE, P_CHECK, P_RESYNC, P_VERIFY = 1, 2, 3, 4, 5
@@ -113,20 +113,38 @@ class FailbackSteps(FailoverSteps):
         return table
 
     def stop_local(self, item: Step) -> str:
+        """Stop the guest here if anything of it runs (paused, io-error, stale status:
+        whatever /cluster/resources says) and wait until status/current says stopped."""
         api = self.ctx.local_api()
         kind, vmid = item.param("guest_type"), int(item.param("vmid"))
-        running = [
-            g for g in guest_ops.cluster_guests(api)
-            if g.vmid == vmid and g.kind == kind and g.status == "running"
-        ]  # fmt: skip
-        if not running:
-            return "not running here"
-        upid = guest_ops.stop_guest(api, running[0].node, kind, vmid)
-        guest_ops.wait_task(api, running[0].node, upid, self._deadline())
-        return f"stopped on {running[0].node}"
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.local_name}'s API token")  # fmt: skip
+            return "not here"
+        return guest_ops.ensure_stopped(api, guest.node, kind, vmid, self._deadline())
 
     def demote_local(self, item: Step) -> str:
-        return mirror.demote(self._local(item), ImageSpec.parse(item.param("image")))
+        spec = ImageSpec.parse(item.param("image"))
+        local = self._local(item)
+        if mirror.mirror_info(local, spec).primary:
+            self._confirm_local_stopped(item)
+        return mirror.demote(local, spec)
+
+    def _confirm_local_stopped(self, item: Step) -> None:
+        """Raise PolicyError unless the image's guest is stopped here right now."""
+        move = self.moves[item.group]
+        api = self.ctx.local_api()
+        kind, vmid = move.staged.kind, move.staged.vmid
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            return
+        status = guest_ops.live_status(api, guest.node, kind, vmid)
+        if not status.stopped:
+            raise PolicyError(
+                f"{move.label} is {status.describe()} here ({guest.node}): refusing to demote "
+                f"its image {item.param('image')}"
+            )
 
     def _split(self, item: Step) -> bool:
         status = mirror.image_status(self._local(item), ImageSpec.parse(item.param("image")))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pve_mirror.actions import preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions, guest_prefix
 from pve_mirror.actions.staging import (
@@ -34,14 +35,14 @@ from pve_mirror.actions.staging import (
     render_for_install,
 )
 from pve_mirror.ceph import mirror, schedule
-from pve_mirror.ceph.cluster import Cluster, connected
+from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
-from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
 from pve_mirror.files import write_atomic
-from pve_mirror.pve import guest_ops
+from pve_mirror.pve import guest_ops, privileges
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
 from pve_mirror.pve.siteconfig import parse_guest_id
@@ -54,8 +55,6 @@ P_DAEMON, P_PROMOTE, P_FENCE, P_SCHEDULE, P_INSTALL, P_RECORD, P_START = (
     55, 60, 61, 65, 70, 75, 80,
 )  # fmt: skip
 DEFAULT_DEADLINE = 300.0
-# How long the source's Ceph may take to answer before it counts as down.
-SOURCE_PROBE_S = 5
 UNORDERED = 1_000_000
 
 
@@ -184,11 +183,17 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
     node = target_node(ctx, options)
     moves = select_guests(ctx, options, node)
     forced = options.mode == FORCED
-    _check_source(ctx, forced, options.yes_i_know)
+    preflight.check_source(ctx, forced, options.yes_i_know)
+    lock_notes = preflight.check_staged_locks([m.staged for m in moves], source)
+    guests = [(m.staged.kind, m.staged.vmid) for m in moves]
+    if not forced:
+        preflight.check_planned_source(ctx, guests)
+    preflight.check_local_api(ctx, guests)
     names = " ".join(m.label for m in moves)
     on = ", ".join(sorted({m.node for m in moves}))
     plan = Plan("failover", f"{'forced' if forced else 'planned'} failover of {names} "
                 f"from {source} to {target} ({on})")  # fmt: skip
+    plan.notes += lock_notes
     if forced:
         plan.notes.append(
             f"{source} is not reachable: its images are promoted with force; {source} must be "
@@ -322,40 +327,6 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
     return plan, moves
 
 
-def _check_source(ctx: SiteContext, forced: bool, yes_i_know: bool) -> None:
-    """Refuse a forced failover while the source answers, and a planned one when it does not."""
-    source = ctx.site.peer().name
-    answers = _source_answers(ctx)
-    if forced and answers and not yes_i_know:
-        raise PolicyError(
-            f"{source} still answers ({', '.join(answers)}): a forced failover would leave two "
-            "primaries. Use --planned, or add --yes-i-know if it is fenced"
-        )
-    if not forced and len(answers) < 2:
-        missing = {"API", "Ceph"} - set(answers)
-        raise PolicyError(
-            f"{source} does not answer ({', '.join(sorted(missing))}): a planned failover "
-            "needs both sites; use --force if it is down"
-        )
-
-
-def _source_answers(ctx: SiteContext) -> list[str]:
-    """Give which of the source's API and Ceph answer (short timeouts)."""
-    answers = []
-    try:
-        ctx.peer_api().get("/version")
-        answers.append("API")
-    except PveMirrorError:
-        pass
-    try:
-        probe = ctx.site.peer().ceph_access(ctx.root.path).with_mount_timeout(SOURCE_PROBE_S)
-        with connected(probe, timeout=SOURCE_PROBE_S):
-            answers.append("Ceph")
-    except PveMirrorError:
-        pass
-    return answers
-
-
 class FailoverSteps:
     """The functions behind the failover steps."""
 
@@ -372,6 +343,8 @@ class FailoverSteps:
         with self._staged_lock:
             if self._staged is None:
                 self._staged = load_staged(self.ctx.root.path, self.ctx.site.peer().name)
+                for guest in self._staged.guests:
+                    preflight.clear_stale_lock(guest)  # the lock policy: see preflight
             return self._staged
 
     def table(self) -> dict[str, Callable[[Step], str]]:
@@ -402,17 +375,35 @@ class FailoverSteps:
         return self.ctx.local(storage)
 
     def stop_source(self, item: Step) -> str:
+        """Stop the guest on the source and wait until status/current says stopped
+        (through HA for an HA-managed guest; a paused VM is stopped too)."""
         api = self.ctx.peer_api()
         vmid, kind = int(item.param("vmid")), item.param("guest_type")
-        found = [g for g in guest_ops.cluster_guests(api) if g.vmid == vmid and g.kind == kind]
-        if not found:
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            # not listed: not there, or not visible to the token (privilege separation)
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
             return "not on the source"
-        guest = found[0]
-        if guest.status == "stopped":
-            return f"already stopped on {guest.node}"
-        upid = guest_ops.shutdown_guest(api, guest.node, kind, vmid)
-        guest_ops.wait_task(api, guest.node, upid, self._deadline())
-        return f"stopped on {guest.node}"
+        return guest_ops.ensure_stopped(api, guest.node, kind, vmid, self._deadline())
+
+    def _confirm_source_stopped(self, item: Step) -> None:
+        """Raise PolicyError unless the guest owning this image is stopped on the source
+        right now (status/current): no snapshot or demotion under a running guest."""
+        move = self.moves[item.group]
+        api = self.ctx.peer_api()
+        kind, vmid = move.staged.kind, move.staged.vmid
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
+            return
+        status = guest_ops.live_status(api, guest.node, kind, vmid)
+        if not status.stopped:
+            raise PolicyError(
+                f"{move.label} is {status.describe()} on {self.ctx.site.peer().name} "
+                f"({guest.node}): refusing to touch its image {item.param('image')}"
+            )
 
     def final_snapshot(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
@@ -420,6 +411,7 @@ class FailoverSteps:
         info = mirror.mirror_info(peer, spec)
         if not info.primary:
             return "already demoted on the source"
+        self._confirm_source_stopped(item)
         if info.mode != "snapshot":
             return f"{info.mode} mode: the demotion carries the final state"
         return f"mirror snapshot {mirror.create_snapshot(peer, spec)}"
@@ -439,7 +431,10 @@ class FailoverSteps:
             pause_until(deadline, f"{spec} not copied to {self.ctx.site.local_name} in time")
 
     def demote_source(self, item: Step) -> str:
-        return mirror.demote(self.ctx.peer(), ImageSpec.parse(item.param("image")))
+        spec = ImageSpec.parse(item.param("image"))
+        if mirror.mirror_info(self.ctx.peer(), spec).primary:
+            self._confirm_source_stopped(item)
+        return mirror.demote(self.ctx.peer(), spec)
 
     def wait_demoted(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
@@ -535,17 +530,11 @@ class FailoverSteps:
         return f"installed {path}"
 
     def start(self, item: Step) -> str:
+        """Start the guest and wait until status/current says it runs (through HA for an
+        HA-managed guest); a start that ends with warnings counts, the detail names them."""
         api = self.ctx.local_api()
         node, kind = item.param("node"), item.param("guest_type")
-        vmid = int(item.param("vmid"))
-        if guest_ops.guest_status(api, node, kind, vmid) == "running":
-            return "already running"
-        upid = guest_ops.start_guest(api, node, kind, vmid)
-        guest_ops.wait_task(api, node, upid, self._deadline())
-        status = guest_ops.guest_status(api, node, kind, vmid)
-        if status != "running":
-            raise PolicyError(f"{item.group} started but is {status}")
-        return "running"
+        return guest_ops.ensure_running(api, node, kind, int(item.param("vmid")), self._deadline())
 
     def fence_note(self, item: Step) -> str:
         path = self.ctx.root.path / "pve-mirror" / f"fence-{item.param('source')}.json"

@@ -11,6 +11,14 @@ This command writes the snippet on the node it runs on, asks the PVE API which
 other nodes list it (``GET /nodes/{node}/storage/{storage}/content``), and sets
 the hookscript only on guests whose node has it: it never sets a hookscript that a
 node cannot find, and it names every node that lacks it.
+
+The hookscript is set through the API (``PUT /nodes/{node}/{qemu,lxc}/{vmid}/config``
+with the config's digest), never by editing the file: PVE then checks the snippet on
+that node itself (PVE::GuestHelpers::check_hookscript), refuses a locked config, and
+a concurrent change fails on the digest. PVE lets only root@pam set a hookscript
+(qemu-server's $check_vm_modify_config_perm, PVE::LXC::check_ct_modify_config_perm;
+an API token is refused whatever its privileges), so this goes through ``pvesh`` as
+root on this node, as ``qm set --hookscript`` would.
 """
 
 from __future__ import annotations
@@ -246,11 +254,15 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def run_install(install: InstallPlan, progress: Progress | None = None) -> list[StepOutcome]:
+def run_install(
+    install: InstallPlan, progress: Progress | None = None, root_api: PveApi | None = None
+) -> list[StepOutcome]:
     """Carry out an install plan; give one outcome per step.
 
-    Each guest config is re-read and rewritten atomically with only its ``hookscript``
-    line changed; a guest whose hookscript changed since planning fails its step.
+    Each guest's hookscript is set through ``root_api`` (default: pvesh, root@pam on
+    this node) with the digest of the config it read; a guest whose hookscript changed
+    since planning fails its step, as does one PVE refuses (snippet missing on its
+    node, config locked).
     """
     from pve_mirror.engine.execute_plan import execute_plan
 
@@ -267,23 +279,30 @@ def run_install(install: InstallPlan, progress: Progress | None = None) -> list[
         return "written"
 
     def set_hook(item: Step) -> str:
+        from pve_mirror.pve.api import open_api
+
         path = Path(item.param("path"))
         old = item.param("old")
         kind: GuestType = "qemu" if path.parent.name == CONFIG_DIRS["qemu"] else "lxc"
-        ref = GuestRef(int(path.stem), kind, path.parent.parent.name, path)
-        config = ConfigRoot(install.root).read_guest(ref, strict=False)
-        now = config.main.get("hookscript") or ""
+        vmid, node = int(path.stem), path.parent.parent.name
+        api = root_api if root_api is not None else open_api("pvesh")
+        url = f"/nodes/{node}/{kind}/{vmid}/config"
+        current = api.get(url) or {}
+        now = str(current.get("hookscript") or "")
         if now == install.volid:
             return "already set"
         if now != old:
             raise PolicyError(
-                f"{LABELS[kind]} {ref.vmid}: hookscript changed since planning "
+                f"{LABELS[kind]} {vmid}: hookscript changed since planning "
                 f"({old or 'none'} -> {now or 'none'}); rerun"
             )
         if old:
-            write_atomic(chain_file(install.root, ref.vmid), (old + "\n").encode())
-        config.set("hookscript", install.volid)
-        write_atomic(path, config.render_bytes())
+            write_atomic(chain_file(install.root, vmid), (old + "\n").encode())
+        # the digest makes PVE refuse if the config changed since it was read
+        change = {"hookscript": install.volid}
+        if current.get("digest"):
+            change["digest"] = str(current["digest"])
+        api.put(url, **change)
         return f"chained {old}" if old else "set"
 
     return execute_plan(

@@ -6,7 +6,9 @@ API credentials under ``<root>/priv/pve-mirror/`` (0600), puts every pool of the
 storages in ``image`` mirroring mode on both sites, creates the rbd-mirror daemon
 users with the documented caps, pairs the pools with a bootstrap token (the token
 holds a key: it goes from one cluster to the other in memory and is never printed),
-and checks that an rbd-mirror daemon runs on each site.
+and checks that an rbd-mirror daemon runs on each site. Before anything else it checks
+each configured PVE API: it must answer and its token must have the privileges
+failover needs (pve_mirror.actions.tokencheck); otherwise nothing is changed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pve_mirror.actions import tokencheck
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.ceph import pool
 from pve_mirror.ceph.cluster import Cluster
@@ -120,6 +123,19 @@ def plan_init(root: Path, options: InitOptions) -> Plan:
     site = update_site_config(root, options)
     peer_name = site.peer().name
     plan = Plan("site-init", f"set up site {site.local_name} paired with {peer_name}")
+    for api in tokencheck.targets(site, root, _given_files(options)):
+        plan.add(
+            step(
+                "check-api",
+                0,
+                f"api:{api.side}",
+                "site",
+                f"check {api.site}'s PVE API ({api.endpoint.url}) and what its token "
+                f"{api.endpoint.token_id} may do",
+                mutates=False,
+                side=api.side,
+            )
+        )
     plan.add(
         step(
             "write-config",
@@ -221,6 +237,14 @@ def plan_init(root: Path, options: InitOptions) -> Plan:
     return plan
 
 
+def _given_files(options: InitOptions) -> dict[str, tuple[Path | None, Path | None]]:
+    """Give the secret and CA files given on the command line, per side (not yet copied)."""
+    return {
+        "local": (options.api_secret_file, options.api_ca),
+        "peer": (options.peer_api_secret_file, options.peer_api_ca),
+    }
+
+
 class InitSteps:
     """The functions behind the steps of ``site init``."""
 
@@ -232,6 +256,7 @@ class InitSteps:
     def table(self) -> dict[str, Any]:
         """Give kind -> function."""
         return {
+            "check-api": self.check_api,
             "write-config": self.write_config,
             "install-file": self.install_file,
             "pool-mode": self.pool_mode,
@@ -268,6 +293,15 @@ class InitSteps:
 
     def _side(self, item: Step) -> Cluster:
         return self.context().peer() if item.param("side") == "peer" else self._any_local()
+
+    def check_api(self, item: Step) -> str:
+        """Check one API and its token (see tokencheck); raises PveAuthError naming what
+        the token lacks."""
+        site = update_site_config(self.root, self.options)
+        for target in tokencheck.targets(site, self.root, _given_files(self.options)):
+            if target.side == item.param("side"):
+                return tokencheck.check(target)
+        return "no API configured"
 
     def write_config(self, item: Step) -> str:
         site = update_site_config(self.root, self.options)
@@ -332,11 +366,20 @@ class InitSteps:
 
 
 def site_status(ctx: SiteContext) -> dict[str, Any]:
-    """Give both sites' pools (mode, peers, image health), and daemons.
+    """Give both sites' pools (mode, peers, image health), daemons, and PVE APIs (does
+    each answer, what does its token lack).
 
     A site that cannot be reached is reported with its error, not raised.
     """
     out: dict[str, Any] = {"site": ctx.site.local_name, "peer": ctx.site.peer().name, "sites": []}
+    try:
+        out["apis"] = [tokencheck.report(t) for t in tokencheck.targets(ctx.site, ctx.root.path)]
+    except ConfigError as exc:
+        out["apis"] = [{"side": "?", "site": "?", "url": "", "token": "", "version": None,
+                        "problems": [str(exc)]}]  # fmt: skip
+    if ctx.site.local_api(ctx.root.path) is None:
+        out["apis"].insert(0, {"side": "local", "site": ctx.site.local_name, "url": "pvesh",
+                               "token": "root@pam", "version": None, "problems": []})  # fmt: skip
     pools = _mirrored_pools(ctx)
     sides: list[tuple[str, Any]] = [
         (ctx.site.local_name, lambda s: ctx.local(s)),
@@ -371,6 +414,15 @@ def site_status(ctx: SiteContext) -> dict[str, Any]:
 def render_site_status(data: dict[str, Any]) -> str:
     """Give the human form of :func:`site_status`."""
     lines = [f"site {data['site']} (peer {data['peer']})"]
+    for api in data.get("apis", []):
+        head = f"PVE API of {api['site']}: {api['url']}"
+        if api["url"] == "pvesh":
+            lines.append(f"{head} (root@pam on this node)")
+            continue
+        version = f", PVE {api['version']}" if api["version"] else ""
+        state = "ERROR" if api["problems"] else "OK"
+        lines.append(f"{head}{version}, token {api['token']}: {state}")
+        lines += [f"  {p}" for p in api["problems"]]
     for site in data["sites"]:
         lines.append(f"{site['name']}:")
         if site["error"]:

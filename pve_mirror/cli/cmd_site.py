@@ -92,7 +92,10 @@ def register(
     p.set_defaults(handler=_init)
 
     p = sub.add_parser(
-        "status", parents=[parent], help="pool mode, peers and rbd-mirror daemons of both sites"
+        "status",
+        parents=[parent],
+        help="pool mode, peers and rbd-mirror daemons of both sites; the PVE APIs and what "
+        "their tokens lack",
     )
     p.set_defaults(handler=_status)
 
@@ -154,7 +157,9 @@ def _init(args: argparse.Namespace) -> CommandResult:
 def _status(args: argparse.Namespace) -> CommandResult:
     with SiteContext.load(args.root) as ctx:
         data = site.site_status(ctx)
-        bad = any(s["error"] or not s["daemons"] for s in data["sites"])
+        bad = any(s["error"] or not s["daemons"] for s in data["sites"]) or any(
+            api["problems"] for api in data.get("apis", [])
+        )
         return CommandResult(
             data, text=site.render_site_status, exit_code=2 if bad else 0, warnings=ctx.warnings
         )

@@ -3,6 +3,15 @@
 ``pvesh`` talks to the local node through Proxmox's own CLI (bookworm's proxmoxer 1.2
 has no ``local`` backend); ``https`` talks to the other site's API with an API token
 through proxmoxer. Both give the ``data`` member of PVE's answer.
+
+pvesh is root@pam on its node: it needs no token and may do what only root@pam may
+(set a hookscript). A call that starts a worker task runs the task in the foreground
+and exits 0 even when the task fails (pve-common's PVE::RESTEnvironment::fork_worker
+in the CLI environment), so its answer is only the UPID: the task's outcome is read
+from ``/nodes/{node}/tasks/{upid}/status`` like for https.
+
+A refused login (401) or a missing privilege (403) is :class:`PveAuthError`: the API
+answered, so it is never taken for a site that is down.
 """
 
 from __future__ import annotations
@@ -14,19 +23,27 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pve_mirror import execute
-from pve_mirror.errors import ConfigError, PveApiError
+from pve_mirror.errors import CommandError, ConfigError, PveApiError
+
+
+class PveAuthError(PveApiError):
+    """The PVE API refused the credentials (HTTP 401) or a privilege (HTTP 403)."""
 
 
 class PveApi(Protocol):
-    """What pve-mirror needs of an API: GET and POST on a path like ``/cluster/resources``."""
+    """What pve-mirror needs of an API: GET, POST and PUT on a path like ``/cluster/resources``."""
 
     name: str
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         """Give the answer's data; raises PveApiError."""
         ...
 
-    def post(self, path: str, **params: Any) -> Any:
+    def post(self, path: str, /, **params: Any) -> Any:
+        """Give the answer's data; raises PveApiError."""
+        ...
+
+    def put(self, path: str, /, **params: Any) -> Any:
         """Give the answer's data; raises PveApiError."""
         ...
 
@@ -103,7 +120,15 @@ class HttpsApi:
         try:
             return getattr(resource, method)(**params)
         except ResourceException as exc:
-            raise PveApiError(f"{self.name} API: {method.upper()} {path}: {exc}") from exc
+            what = f"{self.name} API: {method.upper()} {path}: {exc}"
+            if getattr(exc, "status_code", None) == 401:
+                raise PveAuthError(
+                    f"{what} (API token {self.endpoint.token_id} refused: check its secret "
+                    "and that it exists and is not expired)"
+                ) from exc
+            if getattr(exc, "status_code", None) == 403:
+                raise PveAuthError(f"{what} (API token {self.endpoint.token_id})") from exc
+            raise PveApiError(what) from exc
         except requests.exceptions.SSLError as exc:
             raise PveApiError(
                 f"{self.name} API: TLS verification of {self.endpoint.url} failed "
@@ -114,13 +139,17 @@ class HttpsApi:
                 f"{self.name} API: cannot reach {self.endpoint.url}: {type(exc).__name__}"
             ) from exc
 
-    def get(self, path: str, **params: Any) -> Any:
+    def get(self, path: str, /, **params: Any) -> Any:
         """GET ``path``; raises PveApiError on an HTTP error or when unreachable."""
         return self._call("get", path, params)
 
-    def post(self, path: str, **params: Any) -> Any:
+    def post(self, path: str, /, **params: Any) -> Any:
         """POST ``path``; raises PveApiError on an HTTP error or when unreachable."""
         return self._call("post", path, params)
+
+    def put(self, path: str, /, **params: Any) -> Any:
+        """PUT ``path``; raises PveApiError on an HTTP error or when unreachable."""
+        return self._call("put", path, params)
 
 
 class PveshApi:
@@ -128,28 +157,39 @@ class PveshApi:
 
     name = "local"
 
-    def __init__(self, timeout: float = 120.0) -> None:
+    def __init__(self, timeout: float = 900.0) -> None:
         self.timeout = timeout
 
     def _call(self, verb: str, path: str, params: dict[str, Any]) -> Any:
         argv = ["pvesh", verb, path, "--output-format", "json"]
         for key, value in params.items():
             argv += [f"--{key}", str(value)]
-        result = execute.run(argv, timeout=self.timeout)
-        # Worker tasks print their log before the final line (the UPID or JSON).
+        try:
+            result = execute.run(argv, timeout=self.timeout)
+        except CommandError as exc:
+            why = exc.stderr.strip().splitlines()
+            detail = why[0] if why else str(exc)
+            if exc.returncode == 127:
+                detail = "pvesh not found: this needs a Proxmox VE node"
+            raise PveApiError(f"local API: pvesh {verb} {path}: {detail}") from exc
+        # A worker task prints its output before the final line (the UPID or JSON).
         last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "null"
         try:
             return json.loads(last)
         except ValueError:
             return last
 
-    def get(self, path: str, **params: Any) -> Any:
-        """GET ``path`` through pvesh; raises CommandError with pvesh's message."""
+    def get(self, path: str, /, **params: Any) -> Any:
+        """GET ``path`` through pvesh; raises PveApiError with pvesh's message."""
         return self._call("get", path, params)
 
-    def post(self, path: str, **params: Any) -> Any:
-        """POST ``path`` through pvesh (``pvesh create``); raises CommandError."""
+    def post(self, path: str, /, **params: Any) -> Any:
+        """POST ``path`` through pvesh (``pvesh create``); raises PveApiError."""
         return self._call("create", path, params)
+
+    def put(self, path: str, /, **params: Any) -> Any:
+        """PUT ``path`` through pvesh (``pvesh set``); raises PveApiError."""
+        return self._call("set", path, params)
 
 
 def open_api(backend: str, endpoint: HttpsEndpoint | None = None, name: str = "peer") -> PveApi:

@@ -141,7 +141,8 @@ def current(site: PveSite, guest: Guest) -> dict[str, Any]:
 
 def running(site: PveSite, guest: Guest) -> bool:
     """Tell whether ``site``'s API shows the guest running (False if it has no config there)."""
-    if not site.guest_config_path(guest.kind, guest.vmid).exists():
+    node = site.guest_node(guest.kind, guest.vmid)
+    if not site.guest_config_path(guest.kind, guest.vmid, node).exists():
         return False
     return current(site, guest).get("status") == "running"
 

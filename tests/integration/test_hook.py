@@ -27,6 +27,7 @@ from pve_mirror.cli.main import main
 from pve_mirror.pve.siteconfig import GuestEntry, load_site_config
 from tests.lab import rbdtools
 from tests.lab.ceph_lab import CephLab, CephSite
+from tests.lab.drsetup import pvesh_of
 from tests.lab.pve_site import RBD_STORAGE, PveSite
 
 
@@ -50,7 +51,8 @@ def configure(site: PveSite, peer: str, vmid: int) -> None:
     cfg.set_section("peer", peer, {"ssh": "root@127.0.0.1"})
     cfg.set_guest(GuestEntry("qemu", vmid))
     cfg.save()
-    assert main(["--root", str(site.root), "hook", "install", "--output-format", "json"]) == 0
+    with pvesh_of(site):  # hook install sets the hookscript as root@pam, through pvesh
+        assert main(["--root", str(site.root), "hook", "install", "--output-format", "json"]) == 0
 
 
 def run_hook(site: PveSite, vmid: int, phase: str) -> subprocess.CompletedProcess[str]:
@@ -70,8 +72,10 @@ def run_hook(site: PveSite, vmid: int, phase: str) -> subprocess.CompletedProces
 def sites(ceph_lab: CephLab) -> Iterator[Sites]:
     site_a, site_b = ceph_lab.sites["site-a"], ceph_lab.sites["site-b"]
     a, b = PveSite(site_a), PveSite(site_b)
-    a.build()
-    b.build()
+    # hook install sets the hookscript through pvesh, which needs the site's simulator
+    started = [s for s in (a, b) if not s.running()]
+    for s in (a, b):
+        s.start()
     vmid = random.randint(10_000, 99_999)
     a.create_guest("qemu", vmid, [(RBD_STORAGE, 16), (RBD_STORAGE, 16)])
     with connected(access(site_a)) as cluster:
@@ -87,6 +91,8 @@ def sites(ceph_lab: CephLab) -> Iterator[Sites]:
     configure(a, "site-b", vmid)
     configure(b, "site-a", vmid)
     yield Sites(a, b, vmid)
+    for s in started:
+        s.stop()
     # Best effort (one image ends demoted on both sides): drop mirroring, then the images.
     for site in (site_a, site_b):
         for image in (f"vm-{vmid}-disk-0", f"vm-{vmid}-disk-1"):

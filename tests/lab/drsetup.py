@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,22 @@ def run_cli(root: Path, *args: str) -> CliResult:
     return CliResult(rc, out.getvalue(), err.getvalue())
 
 
+@contextlib.contextmanager
+def pvesh_of(site: PveSite) -> Iterator[None]:
+    """Put ``site``'s lab pvesh first on PATH for the block (this process)."""
+    old = os.environ.get("PATH")
+    os.environ["PATH"] = site.env_with_pvesh()["PATH"]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
+
+
 def run_cli_on_node(site: PveSite, node: str, *args: str) -> CliResult:
-    """Run ``pve-mirror ARGS...`` as if on ``node`` of ``site``.
+    """Run ``pve-mirror ARGS...`` as if on ``node`` of ``site``, with its pvesh on PATH.
 
     The first node is this machine (in-process). Another node runs the CLI in a
     mount namespace of its own where its node-local ``local`` storage is bind-mounted
@@ -55,14 +70,15 @@ def run_cli_on_node(site: PveSite, node: str, *args: str) -> CliResult:
     writes to the path storage.cfg gives, as on a real node.
     """
     if node == site.node:
-        return run_cli(site.root, *args)
+        with pvesh_of(site):
+            return run_cli(site.root, *args)
     there = site.node_path(node, site.local_path)
     there.mkdir(parents=True, exist_ok=True)
     script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
             str(there), str(site.local_path),
             sys.executable, "-m", "pve_mirror", "--root", str(site.root), *args]  # fmt: skip
-    env = dict(os.environ, PVE_MIRROR_NODE=node)
+    env = site.env_with_pvesh(dict(os.environ, PVE_MIRROR_NODE=node))
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=300, check=False, env=env, cwd=REPO_ROOT
     )
@@ -107,8 +123,9 @@ class DrLab:
     ssh: sshd.SshEndpoint
 
     def cli(self, site: PveSite, *args: str) -> CliResult:
-        """Run the CLI against ``site``'s config root."""
-        return run_cli(site.root, *args)
+        """Run the CLI against ``site``'s config root (its pvesh on PATH, as on its node)."""
+        with pvesh_of(site):
+            return run_cli(site.root, *args)
 
     def site(self, name: str) -> PveSite:
         """Give the PVE site named ``site-a`` or ``site-b``."""

@@ -11,12 +11,15 @@ For a Ceph lab site ``site-a`` under lab dir ``L`` this builds::
     L/site-a/var-lib-vz/          the "local" storage of pve-a1 (snippets/ for hookscripts)
     L/site-a/hosts/pve-aN/        the file system of pve-a2 and pve-a3: a node-local path P
                                   of theirs is hosts/pve-aN/P (pve-a1 is this machine)
-    L/site-a/pvesim/              simulator scratch: cert, token file, pid, log, guests
+    L/site-a/pvesim/              simulator scratch: cert, token file, pid, log, guests,
+                                  bin/pvesh (the lab's pvesh for this site, root@pam)
 
 and runs ``python3 -m tests.lab.pvesim`` for it on 127.0.0.1:<mon port + 5> (a port
 the Ceph lab leaves free), serving every node, with an API token
-``root@pam!pve-mirror``. The Ceph lab wipes the site dir (and the pmxcfs databases)
-on ``up()``, so build PVE sites after the Ceph lab is up.
+``root@pam!pve-mirror`` (in user.cfg without privilege separation, its secret in
+priv/token.cfg, as ``pveum user token add root@pam pve-mirror --privsep 0`` leaves it).
+The Ceph lab wipes the site dir (and the pmxcfs databases) on ``up()``, so build PVE
+sites after the Ceph lab is up.
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ def _write_if_changed(path: Path, text: str) -> None:
     except FileNotFoundError:
         pass
     path.write_text(text)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def _mac(vmid: int, index: int) -> str:
@@ -221,6 +231,40 @@ class PveSite:
         self.scratch.mkdir(parents=True, exist_ok=True)
         if not self.token_file.exists():
             _write_private(self.token_file, f"{self.token}={uuid.uuid4()}\n")
+        from tests.lab import pveadmin
+
+        if f"token:{self.token}:0:0:" not in _read(self.root / "user.cfg") or (
+            f"{self.token} {self.token_value}" not in _read(self.root / "priv" / "token.cfg")
+        ):
+            pveadmin.add_token(
+                self.root, self.token_user, self.token_name, privsep=False, secret=self.token_value
+            )
+        self._write_pvesh()
+
+    @property
+    def bin_dir(self) -> Path:
+        """Give the directory holding this site's lab ``pvesh`` (put it first on PATH)."""
+        return self.scratch / "bin"
+
+    def _write_pvesh(self) -> None:
+        """Write ``bin/pvesh``: tests/lab/pvesh.py against this site's simulator."""
+        script = self.bin_dir / "pvesh"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        text = (
+            "#!/bin/sh\n"
+            f"# pvesh of lab site {self.name} (tests/lab/pvesh.py): root@pam on its simulator\n"
+            f"PYTHONPATH={REPO_ROOT} exec {PYTHON} -m tests.lab.pvesh "
+            f'--scratch {self.scratch} "$@"\n'
+        )
+        if _read(script) != text:
+            script.write_text(text)
+        script.chmod(0o755)
+
+    def env_with_pvesh(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """Give ``env`` (default: this process's) with this site's pvesh first on PATH."""
+        base = dict(os.environ if env is None else env)
+        base["PATH"] = f"{self.bin_dir}:{base.get('PATH', '/usr/bin:/bin')}"
+        return base
 
     # -- the simulator process ---------------------------------------------------------
     def _spec(self) -> procs.DaemonSpec:

@@ -28,6 +28,7 @@ from tests.lab.wait import wait_until
 NODE = "pve-t1"
 SECRET = "5b0c8f7e-1111-4222-8333-944455556666"
 TOKEN = f"root@pam!pve-mirror={SECRET}"
+ROOT_SECRET = "lab-root-secret"
 
 STORAGE_CFG = """\
 dir: local
@@ -70,6 +71,17 @@ class Sim:
             timeout=30,
         )
 
+    def raw(
+        self, method: str, path: str, /, *, root: bool = False, token: str = TOKEN, **params: str
+    ) -> requests.Response:
+        """Call the API with requests: as root@pam (the lab pvesh's way) or as a token."""
+        auth = f"PVESimRoot={ROOT_SECRET}" if root else f"PVEAPIToken={token}"
+        return requests.request(
+            method, f"https://127.0.0.1:{self.port}/api2/json{path}",
+            headers={"Authorization": auth}, verify=str(self.cert), timeout=30,
+            params=params if method == "GET" else None, data=None if method == "GET" else params,
+        )  # fmt: skip
+
     def write_conf(self, kind: str, vmid: int, text: str) -> Path:
         sub = "qemu-server" if kind == "qemu" else "lxc"
         path = self.root / "nodes" / NODE / sub / f"{vmid}.conf"
@@ -98,10 +110,12 @@ def sim(tmp_path: Path, certificate: tuple[Path, Path]) -> Iterator[Sim]:
     (root / "storage.cfg").write_text(STORAGE_CFG.format(local=local))
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    (root / "user.cfg").write_text("user:root@pam:1:0:::::\ntoken:root@pam!pve-mirror:0:0::\n")
     simulator = Simulator(root, scratch, hook_timeout=20)
     server = PveHTTPServer(
-        ("127.0.0.1", 0), simulator, load_tokens(token_file), make_context(*certificate)
-    )
+        ("127.0.0.1", 0), simulator, load_tokens(token_file), make_context(*certificate),
+        root_secret=ROOT_SECRET,
+    )  # fmt: skip
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -289,14 +303,23 @@ def test_routing_errors(sim: Sim) -> None:
         api.nodes(NODE).tasks(
             f"UPID:{NODE}:00001234:00000001:5F000000:qmstart:1:root@pam:"
         ).status.get()
-    assert exc.value.status_code == 500
-    assert "no such task" in str(exc.value)
+    # pve-manager's read_task_status: raise_param_exc({ upid => "no such task" })
+    assert exc.value.status_code == 400
+    unknown = sim.raw(
+        "GET", f"/nodes/{NODE}/tasks/UPID:{NODE}:00001234:00000001:5F000000:x:1:a@pam:/status"
+    )
+    assert unknown.json()["errors"] == {"upid": "no such task"}
 
 
 def test_resources_status_and_config(sim: Sim) -> None:
     sim.write_conf("qemu", 100, vm_conf("lock: backup\ntags: prod\n"))
     sim.write_conf("lxc", 200, "hostname: ct200\nostype: debian\ntemplate: 1\n")
     api = sim.api()
+    # pvestatd has not seen them yet: no status data
+    vms = api.cluster.resources.get(type="vm")
+    assert [(r["vmid"], r["status"]) for r in vms] == [(100, "unknown"), (200, "unknown")]
+    assert vms[0]["lock"] == "backup"
+    sim.simulator.rrd.update()
     vms = api.cluster.resources.get(type="vm")
     assert [(r["id"], r["type"], r["node"], r["status"]) for r in vms] == [
         ("qemu/100", "qemu", NODE, "stopped"),
@@ -347,6 +370,10 @@ def test_start_stop_with_all_hook_phases(sim: Sim, tmp_path: Path) -> None:
     st = wait_task(api, api.nodes(NODE).qemu(100).status.shutdown.post(timeout=30))
     assert st["exitstatus"] == "OK"
     assert api.nodes(NODE).qemu(100).status.current.get()["status"] == "stopped"
+    # post-stop comes from qmeventd's "qm cleanup", after the task, not in its log
+    log_lines = [entry["t"] for entry in api.nodes(NODE).tasks(st["upid"]).log.get()]
+    assert "hook 100 pre-stop" in log_lines and "hook 100 post-stop" not in log_lines
+    wait_until(lambda: "100 post-stop" in trace.read_text(), timeout=10, what="post-stop")
     assert trace.read_text().splitlines() == [
         "100 pre-start",
         "100 post-start",
@@ -397,8 +424,14 @@ def test_locked_and_template_guests_do_not_start(sim: Sim) -> None:
     api = sim.api()
     st = wait_task(api, api.nodes(NODE).qemu(100).status.start.post())
     assert st["exitstatus"] == "VM is locked (migrate)"
-    st = wait_task(api, api.nodes(NODE).qemu(100).status.start.post(skiplock=1))
+    # skiplock is root@pam's only (qemu-server vm_start $get_root_param)
+    refused = sim.raw("POST", f"/nodes/{NODE}/qemu/100/status/start", skiplock="1")
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == {"skiplock": "Only root may use this option."}
+    upid = sim.raw("POST", f"/nodes/{NODE}/qemu/100/status/start", root=True, skiplock="1")
+    st = wait_task(api, upid.json()["data"])
     assert st["exitstatus"] == "OK"
+    assert st["user"] == "root@pam" and "tokenid" not in st
     st = wait_task(api, api.nodes(NODE).qemu(101).status.start.post())
     assert "template" in st["exitstatus"]
 

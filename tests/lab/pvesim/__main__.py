@@ -1,8 +1,9 @@
 """Entry point: serve one site's simulated PVE API until SIGTERM/SIGINT.
 
-Writes ``<scratch>/pvesim.pid`` and, once listening, ``<scratch>/pvesim.ready``
+Writes ``<scratch>/pvesim.pid``, ``<scratch>/root-secret`` (0600: what the lab's
+pvesh presents to act as root@pam) and, once listening, ``<scratch>/pvesim.ready``
 (JSON: pid, port, cert, fingerprint). On exit every guest is stopped (no hooks:
-the node goes away) and both files are removed.
+the node goes away) and the pid and ready files are removed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import ssl
 import sys
@@ -20,7 +22,9 @@ from pathlib import Path
 from types import FrameType
 
 from tests.lab.pvesim.api import Simulator
+from tests.lab.pvesim.ha import DEFAULT_ROUND
 from tests.lab.pvesim.hooks import DEFAULT_TIMEOUT
+from tests.lab.pvesim.rrd import DEFAULT_INTERVAL
 from tests.lab.pvesim.server import PveHTTPServer, ensure_certificate, load_tokens, make_context
 
 log = logging.getLogger("pvesim")
@@ -31,6 +35,16 @@ def fingerprint(cert: Path) -> str:
     der = ssl.PEM_cert_to_DER_cert(cert.read_text())
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def root_secret(scratch: Path) -> str:
+    """Give the secret of ``<scratch>/root-secret``, writing a new one (0600) if missing."""
+    path = scratch / "root-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="DIR plays / of NODE for its node-local storages (default: this machine)",
     )
     p.add_argument("--hook-timeout", type=float, default=DEFAULT_TIMEOUT)
+    p.add_argument(
+        "--ha-round", type=float, default=DEFAULT_ROUND, help="seconds per HA round (PVE: ~10)"
+    )
+    p.add_argument(
+        "--rrd-interval", type=float, default=DEFAULT_INTERVAL,
+        help="seconds per status cycle of /cluster/resources (PVE: 10)",
+    )  # fmt: skip
     p.add_argument("--no-tls", action="store_true", help="plain HTTP (debugging only)")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -73,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.node_root:
         name, _, directory = item.partition("=")
         node_roots[name] = Path(directory)
-    simulator = Simulator(args.root, scratch, hook_timeout=args.hook_timeout, node_roots=node_roots)
+    simulator = Simulator(
+        args.root, scratch, hook_timeout=args.hook_timeout, node_roots=node_roots,
+        ha_round=args.ha_round, rrd_interval=args.rrd_interval,
+    )  # fmt: skip
     context = None if args.no_tls else make_context(cert, key)
-    server = PveHTTPServer((args.bind, args.port), simulator, load_tokens(args.token_file), context)
+    server = PveHTTPServer(
+        (args.bind, args.port), simulator, load_tokens(args.token_file), context,
+        root_secret=root_secret(scratch),
+    )  # fmt: skip
+    simulator.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.warning("signal %d: shutting down", signum)

@@ -1,7 +1,10 @@
-"""The simulated PVE API: routing, guests, tasks and hookscripts, without HTTP.
+"""The simulated PVE API: routing, guests, tasks, permissions, without HTTP.
 
-Answers are ``(status, data)``; errors are raised as ApiError with the HTTP code
-and the message PVE would put in the status line.
+Answers are the ``data`` of PVE's answer; errors are raised as ApiError with the HTTP
+code and the message PVE would put in the status line. The parts live beside this
+module: access.py (users, tokens, ACLs), power.py (start/stop and what follows),
+confapi.py (config read and update), resources.py (/cluster/resources and lists),
+ha.py (the HA stack), rrd.py (pvestatd's status cache), tasks.py (worker tasks).
 """
 
 from __future__ import annotations
@@ -9,17 +12,23 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.lab.pvesim import config
+from tests.lab.pvesim import confapi, config, resources
+from tests.lab.pvesim.access import ROOT, Access, effective_permissions
 from tests.lab.pvesim.config import ConfigError, GuestConfig
-from tests.lab.pvesim.guest import DiskTarget, Guest, GuestError, rbd_filename
-from tests.lab.pvesim.hooks import DEFAULT_TIMEOUT, run_hookscript
-from tests.lab.pvesim.tasks import TaskError, TaskLog, TaskRegistry, parse_upid
+from tests.lab.pvesim.errors import ApiError, param_error
+from tests.lab.pvesim.guest import DiskTarget, Guest, rbd_filename
+from tests.lab.pvesim.ha import DEFAULT_ROUND, HaStack
+from tests.lab.pvesim.hooks import DEFAULT_TIMEOUT
+from tests.lab.pvesim.power import ACTIONS, Power
+from tests.lab.pvesim.rrd import DEFAULT_INTERVAL, StatusCache
+from tests.lab.pvesim.tasks import Task, TaskError, TaskRegistry, parse_upid
+
+__all__ = ["ApiError", "Request", "Simulator"]
 
 log = logging.getLogger("pvesim.api")
 
@@ -33,16 +42,6 @@ RBD_CLIENT_OPTIONS = {
 }
 
 
-class ApiError(Exception):
-    """An API error: HTTP status, the message of the status line, optional param errors."""
-
-    def __init__(self, status: int, message: str, errors: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.errors = errors
-
-
 @dataclass(frozen=True)
 class Request:
     """One authenticated API call."""
@@ -50,18 +49,18 @@ class Request:
     method: str
     path: str
     params: dict[str, str]
-    user: str  # "user@realm!tokenid" for API tokens, as PVE puts it in UPIDs
+    user: str  # root@pam, or "user@realm!tokenid" for API tokens (as in UPIDs)
 
 
 Handler = Callable[[Request, re.Match[str]], Any]
 
 
-def _guest_word(kind: str) -> str:
-    return "VM" if kind == "qemu" else "CT"
-
-
 class Simulator:
-    """The state of one site's simulated PVE: running guests and tasks."""
+    """The state of one site's simulated PVE: running guests, tasks, HA, status cache.
+
+    ``start()`` runs the background parts (the HA stack's rounds, pvestatd's cycles);
+    without it they act only when their ``round()``/``update()`` is called.
+    """
 
     def __init__(
         self,
@@ -70,18 +69,33 @@ class Simulator:
         *,
         hook_timeout: float = DEFAULT_TIMEOUT,
         node_roots: dict[str, Path] | None = None,
+        extra_tokens: dict[str, str] | None = None,
+        ha_round: float = DEFAULT_ROUND,
+        rrd_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.root = root
         # node -> the directory that plays its "/" (nodes not named are this machine)
         self.node_roots = dict(node_roots or {})
         self.scratch = scratch
         self.hook_timeout = hook_timeout
+        self.access = Access(root, extra_tokens)
         self.tasks = TaskRegistry()
+        self.power = Power(self)
+        self.ha = HaStack(
+            root, start=self.power.ha_start, stop=self.power.ha_stop,
+            running=lambda vmid: self.running(vmid) is not None, round_s=ha_round,
+        )  # fmt: skip
+        self.rrd = StatusCache(lambda: resources.collect_stats(self), rrd_interval)
         self._guests: dict[int, Guest] = {}
         self._guests_lock = threading.Lock()
         self._vm_locks: dict[int, threading.Lock] = {}
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._add_routes()
+
+    def start(self) -> None:
+        """Run the HA stack and the status cycles in the background."""
+        self.ha.start()
+        self.rrd.start()
 
     # ---- routing -------------------------------------------------------------
 
@@ -92,14 +106,21 @@ class Simulator:
         node = r"(?P<node>[^/]+)"
         guest = rf"/nodes/{node}/(?P<kind>qemu|lxc)/(?P<vmid>[^/]+)"
         self._route("GET", r"/version", lambda r, m: PVE_VERSION)
-        self._route("GET", r"/cluster/resources", self._cluster_resources)
-        self._route("GET", r"/nodes", self._nodes)
-        self._route("GET", rf"/nodes/{node}/(?P<kind>qemu|lxc)", self._guest_list)
+        self._route("GET", r"/access/permissions", self._permissions)
+        self._route(
+            "GET", r"/cluster/resources", lambda r, m: resources.cluster_resources(self, r, m)
+        )
+        self._route("GET", r"/nodes", lambda r, m: resources.node_list(self, r, m))
+        self._route("GET", rf"/nodes/{node}/(?P<kind>qemu|lxc)",
+                    lambda r, m: resources.guest_list(self, r, m))  # fmt: skip
         self._route("GET", rf"{guest}/status", self._status_index)
         self._route("GET", rf"{guest}/status/current", self._status_current)
-        self._route("GET", rf"{guest}/config", self._guest_config)
-        for action in ("start", "stop", "shutdown"):
-            self._route("POST", rf"{guest}/status/(?P<action>{action})", self._status_action)
+        self._route("GET", rf"{guest}/config", lambda r, m: confapi.read_config(self, r, m))
+        for method in ("PUT", "POST"):
+            self._route(method, rf"{guest}/config", lambda r, m: confapi.update_config(self, r, m))
+        for action in ACTIONS:
+            self._route("POST", rf"{guest}/status/(?P<action>{action})", self.power.status_action)
+        self._route("GET", rf"/nodes/{node}/tasks", self._task_list)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/status", self._task_status)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/log", self._task_log)
         self._route(
@@ -109,52 +130,68 @@ class Simulator:
     def dispatch(self, req: Request) -> Any:
         """Give the ``data`` of the answer to ``req``; raises ApiError."""
         path = req.path.rstrip("/") or "/"
-        allowed = False
         for method, pattern, handler in self._routes:
             m = pattern.match(path)
-            if m is None:
-                continue
-            allowed = True
-            if method == req.method:
+            if m is not None and method == req.method:
                 return handler(req, m)
-        if allowed:
-            raise ApiError(501, f"Method '{req.method} {path}' not implemented")
         raise ApiError(501, f"Method '{req.method} {path}' not implemented")
 
-    # ---- helpers -------------------------------------------------------------
+    # ---- helpers (for the endpoint modules too) --------------------------------
 
-    def _node(self, name: str) -> str:
+    def node_name(self, name: str) -> str:
+        """Give ``name`` if it is a node of the cluster; raises ApiError 500."""
         if name not in config.list_nodes(self.root):
             raise ApiError(500, f"hostname lookup '{name}' failed - no such cluster node")
         return name
 
     @staticmethod
-    def _vmid(text: str) -> int:
+    def vmid(text: str) -> int:
+        """Give the VMID in ``text``; raises ApiError 400 as PVE's schema check does."""
         if not re.fullmatch(r"\d+", text) or not 100 <= int(text) <= 999999999:
-            raise ApiError(
-                400,
-                "Parameter verification failed.",
-                {"vmid": "invalid format - value must be a VMID between 100 and 999999999"},
-            )
+            raise param_error("vmid", "invalid format - value must be a VMID between 100 and "
+                                      "999999999")  # fmt: skip
         return int(text)
 
-    def _load(self, node: str, kind: str, vmid: int) -> GuestConfig:
+    def load(self, node: str, kind: str, vmid: int) -> GuestConfig:
+        """Give the guest's config on ``node``; raises ApiError 500 if it has none there."""
         try:
             return config.load_guest(self.root, node, kind, vmid)
         except ConfigError as exc:
             raise ApiError(500, str(exc)) from None
 
-    def _running(self, vmid: int) -> Guest | None:
+    def load_for_task(self, node: str, kind: str, vmid: int) -> GuestConfig:
+        """Give the guest's config inside a worker; raises TaskError."""
+        try:
+            return config.load_guest(self.root, node, kind, vmid)
+        except ConfigError as exc:
+            raise TaskError(str(exc)) from None
+
+    def running(self, vmid: int) -> Guest | None:
+        """Give the running guest ``vmid`` (paused counts as running), or None."""
         with self._guests_lock:
             g = self._guests.get(vmid)
         return g if g is not None and g.running() else None
 
-    def _vm_lock(self, kind: str, vmid: int) -> threading.Lock:
+    def add_guest(self, guest: Guest) -> None:
+        """Record a started guest."""
         with self._guests_lock:
-            return self._vm_locks.setdefault(vmid, threading.Lock())
+            self._guests[guest.vmid] = guest
 
-    def _locked(self, kind: str, vmid: int) -> Callable[[], None]:
-        lock = self._vm_lock(kind, vmid)
+    def remove_guest(self, guest: Guest) -> bool:
+        """Forget a stopped guest; tell whether it was still recorded."""
+        with self._guests_lock:
+            if self._guests.get(guest.vmid) is not guest:
+                return False
+            del self._guests[guest.vmid]
+            return True
+
+    def locked(self, kind: str, vmid: int) -> Callable[[], None]:
+        """Take the guest's config lock (10 s, as PVE's lock_config); give its release.
+
+        Raises TaskError with PVE's message when it cannot be had in time.
+        """
+        with self._guests_lock:
+            lock = self._vm_locks.setdefault(vmid, threading.Lock())
         if not lock.acquire(timeout=LOCK_TIMEOUT):
             conf_dir = config.CONF_DIR[kind]
             raise TaskError(
@@ -164,129 +201,70 @@ class Simulator:
 
     # ---- read-only endpoints -------------------------------------------------
 
-    def _guest_summary(self, g: GuestConfig) -> dict[str, Any]:
-        running = self._running(g.vmid)
-        out: dict[str, Any] = {
-            "vmid": g.vmid,
-            "name": g.name,
-            "status": "running" if running else "stopped",
-            "template": 1 if g.template else 0,
-            "uptime": int(time.time() - running.started) if running else 0,
-            "maxmem": int(g.values.get("memory", "512")) * 1024 * 1024,
-            "maxcpu": int(g.values.get("cores", "1")),
-            "cpu": 0,
-            "mem": 0,
-        }
-        if g.lock:
-            out["lock"] = g.lock
-        if g.values.get("tags"):
-            out["tags"] = g.values["tags"]
-        return out
+    def _permissions(self, req: Request, m: re.Match[str]) -> Any:
+        """GET /access/permissions (PVE::API2::AccessControl permissions): own privileges,
+        an owned token's, or anyone's with Sys.Audit on /access."""
+        userid = req.params.get("userid") or req.user
+        owner = userid.partition("!")[0]
+        if req.user not in (userid, owner):
+            self.access.check(req.user, "/access", ["Sys.Audit"])
+        path = req.params.get("path")
+        cfg = self.access.config()
+        if path:
+            from tests.lab.pvesim.access import permissions
 
-    def _cluster_resources(self, req: Request, m: re.Match[str]) -> Any:
-        rtype = req.params.get("type")
-        if rtype not in (None, "", "vm", "storage", "node", "sdn"):
-            raise ApiError(
-                400,
-                "Parameter verification failed.",
-                {
-                    "type": f"value '{rtype}' does not have a value in the enumeration "
-                    "'vm, storage, node, sdn'"
-                },
-            )
-        out: list[dict[str, Any]] = []
-        nodes = config.list_nodes(self.root)
-        if rtype in (None, "", "vm"):
-            for g in config.list_guests(self.root):
-                entry = self._guest_summary(g)
-                entry.update({"id": f"{g.kind}/{g.vmid}", "type": g.kind, "node": g.node})
-                out.append(entry)
-        if rtype in (None, "", "node"):
-            for n in nodes:
-                out.append(
-                    {
-                        "id": f"node/{n}",
-                        "type": "node",
-                        "node": n,
-                        "status": "online",
-                        "level": "",
-                        "maxcpu": 2,
-                        "cpu": 0.01,
-                    }
-                )
-        if rtype in (None, "", "storage"):
-            storages = config.read_storage_cfg(self.root)
-            for n in nodes:
-                for s in storages.values():
-                    out.append(
-                        {
-                            "id": f"storage/{n}/{s.storeid}",
-                            "type": "storage",
-                            "node": n,
-                            "storage": s.storeid,
-                            "plugintype": s.type,
-                            "status": "available",
-                            "content": s.props.get("content", ""),
-                            "shared": 1 if s.type == "rbd" else int(s.props.get("shared", "0")),
-                        }
-                    )
-        return out
-
-    def _nodes(self, req: Request, m: re.Match[str]) -> Any:
-        return [
-            {"node": n, "status": "online", "type": "node", "level": "", "maxcpu": 2}
-            for n in config.list_nodes(self.root)
-        ]
-
-    def _guest_list(self, req: Request, m: re.Match[str]) -> Any:
-        node = self._node(m["node"])
-        return [
-            self._guest_summary(g)
-            for g in config.list_guests(self.root)
-            if g.node == node and g.kind == m["kind"]
-        ]
+            return {path: permissions(cfg, userid, path)}
+        return effective_permissions(cfg, userid)
 
     def _status_index(self, req: Request, m: re.Match[str]) -> Any:
-        self._node(m["node"])
-        self._load(m["node"], m["kind"], self._vmid(m["vmid"]))
-        return [{"subdir": s} for s in ("current", "start", "stop", "shutdown")]
+        node, vmid = self.node_name(m["node"]), self.vmid(m["vmid"])
+        self.access.check(req.user, f"/vms/{vmid}", ["VM.Audit"])
+        self.load(node, m["kind"], vmid)
+        return [{"subdir": s} for s in ("current", *ACTIONS)]
 
     def _status_current(self, req: Request, m: re.Match[str]) -> Any:
-        node, kind, vmid = self._node(m["node"]), m["kind"], self._vmid(m["vmid"])
-        g = self._load(node, kind, vmid)
-        out = self._guest_summary(g)
-        running = self._running(vmid)
-        out["ha"] = {"managed": 0}
+        """GET status/current: live status; a VM's qmpstatus; HA's service state."""
+        node, kind, vmid = self.node_name(m["node"]), m["kind"], self.vmid(m["vmid"])
+        self.access.check(req.user, f"/vms/{vmid}", ["VM.Audit"])
+        g = self.load(node, kind, vmid)
+        out = resources.live_summary(self, g)
+        running = self.running(vmid)
+        ha: dict[str, Any] = {"managed": 0}
+        if self.ha.managed(kind, vmid):
+            ha = {"managed": 1}
+            state = self.ha.service_state(kind, vmid)
+            if state is not None:
+                ha["state"] = state
+        out["ha"] = ha
         if kind == "qemu":
-            out["qmpstatus"] = out["status"]
+            out["qmpstatus"] = running.qmpstatus if running else "stopped"
         else:
             out["type"] = "lxc"
         if running is not None and running.pid is not None:
             out["pid"] = running.pid
         return out
 
-    def _guest_config(self, req: Request, m: re.Match[str]) -> Any:
-        node, kind, vmid = self._node(m["node"]), m["kind"], self._vmid(m["vmid"])
-        g = self._load(node, kind, vmid)
-        out: dict[str, Any] = dict(g.values)
-        if g.description:
-            out["description"] = g.description
-        out["digest"] = _digest(g.path)
-        return out
-
     def _storage_content(self, req: Request, m: re.Match[str]) -> Any:
         """List a dir storage's volumes on one node, like pve-storage's
-        PVE::API2::Storage::Content->index (only the ``snippets`` content is simulated).
+        PVE::API2::Storage::Content->index (only the ``snippets`` content is simulated):
+        Datastore.Audit or Datastore.AllocateSpace on the storage to list it, and per
+        snippet PVE::Storage::check_volume_access, which lets only Datastore.Allocate see
+        a snippet (others are left out, not refused).
         """
-        node = self._node(m["node"])
-        storage = config.read_storage_cfg(self.root).get(m["storage"])
+        node = self.node_name(m["node"])
+        storeid = m["storage"]
+        self.access.check(req.user, f"/storage/{storeid}",
+                          ["Datastore.Audit", "Datastore.AllocateSpace"], any_of=True)  # fmt: skip
+        storage = config.read_storage_cfg(self.root).get(storeid)
         if storage is None:
-            raise ApiError(500, f"storage '{m['storage']}' does not exist")
+            raise ApiError(500, f"storage '{storeid}' does not exist")
         wanted = req.params.get("content")
         base = config.node_local_path(storage, self.node_roots.get(node))
         if base is None or wanted not in (None, "", "snippets"):
             return []
         if "snippets" not in storage.props.get("content", "").split(","):
+            return []
+        if not self.access.allowed(req.user, f"/storage/{storeid}", ["Datastore.Allocate"]):
             return []
         out = []
         snippets = base / "snippets"
@@ -294,81 +272,65 @@ class Simulator:
             if path.is_file():
                 st = path.stat()
                 out.append(
-                    {
-                        "volid": f"{storage.storeid}:snippets/{path.name}",
-                        "content": "snippets",
-                        "format": "snippet",
-                        "size": st.st_size,
-                        "ctime": int(st.st_mtime),
-                    }
-                )
+                    {"volid": f"{storeid}:snippets/{path.name}", "content": "snippets",
+                     "format": "snippet", "size": st.st_size, "ctime": int(st.st_mtime)}
+                )  # fmt: skip
         return out
 
+    def _task_list(self, req: Request, m: re.Match[str]) -> Any:
+        """GET /nodes/{node}/tasks (PVE::API2::Tasks node_tasks): newest first, the caller's
+        own tasks, everyone's with Sys.Audit on the node; ``status`` is the end status."""
+        node = self.node_name(m["node"])
+        audit = self.access.allowed(req.user, f"/nodes/{node}", ["Sys.Audit"])
+        vmid, dtype = req.params.get("vmid"), req.params.get("typefilter")
+        out = []
+        for task in reversed(self.tasks.all()):
+            u = task.upid
+            if u.node != node or (vmid and u.id != vmid) or (dtype and u.type != dtype):
+                continue
+            if not audit and req.user not in (u.user, u.user.partition("!")[0]):
+                continue
+            entry = task.status_dict()
+            entry["status"] = task.exitstatus if task.status == "stopped" else "running"
+            out.append(entry)
+        start = int(req.params.get("start", "0") or 0)
+        return out[start : start + int(req.params.get("limit", "50") or 50)]
+
     def _task_status(self, req: Request, m: re.Match[str]) -> Any:
-        return self._task(m).status_dict()
+        return self._task(req, m).status_dict()
 
     def _task_log(self, req: Request, m: re.Match[str]) -> Any:
-        task = self._task(m)
+        task = self._task(req, m)
         lines = self.tasks.log_lines(task)
         start = int(req.params.get("start", "0") or 0)
         limit = int(req.params.get("limit", "50") or 50)
         return [{"n": i + 1, "t": t} for i, t in enumerate(lines)][start : start + limit]
 
-    def _task(self, m: re.Match[str]) -> Any:
-        node = self._node(m["node"])
+    def _task(self, req: Request, m: re.Match[str]) -> Task:
+        """Give the task named in the path (pve-manager's PVE::API2::Tasks read_task_status).
+
+        Unknown: 400 "no such task". Another user's task needs Sys.Audit on the node; a
+        token sees its own tasks, its user sees the token's too.
+        """
+        node = self.node_name(m["node"])
         upid = parse_upid(m["upid"])
         if upid is None:
-            raise ApiError(
-                400, "Parameter verification failed.", {"upid": "unable to parse worker upid"}
-            )
+            raise param_error("upid", "unable to parse worker upid")
         task = self.tasks.get(m["upid"])
         if task is None or upid.node != node:
-            raise ApiError(500, f"no such task '{m['upid']}'")
+            raise param_error("upid", "no such task")
+        owner = upid.user
+        if req.user not in (owner, owner.partition("!")[0]) and req.user != ROOT:
+            self.access.check(req.user, f"/nodes/{node}", ["Sys.Audit"])
         return task
 
-    # ---- start / stop ----------------------------------------------------------
+    # ---- guests ------------------------------------------------------------------
 
-    def _status_action(self, req: Request, m: re.Match[str]) -> Any:
-        node, kind, vmid = self._node(m["node"]), m["kind"], self._vmid(m["vmid"])
-        action = m["action"]
-        self._load(node, kind, vmid)
-        for flag in ("skiplock", "forceStop", "keepActive"):
-            if req.params.get(flag, "0") not in ("0", "1"):
-                raise ApiError(
-                    400, "Parameter verification failed.", {flag: "type check ('boolean') failed"}
-                )
-        word = _guest_word(kind)
-        if kind == "lxc":  # pve-container checks this in the API call, qemu-server in the worker
-            if action == "start" and self._running(vmid):
-                raise ApiError(500, f"CT {vmid} already running")
-            if action != "start" and not self._running(vmid):
-                raise ApiError(500, f"CT {vmid} not running")
-        skiplock = req.params.get("skiplock") == "1"
-        prefix = "qm" if kind == "qemu" else "vz"
-        dtype = f"{prefix}{action}"
+    def disk_targets(self, conf: GuestConfig) -> list[DiskTarget]:
+        """Give how the guest's disks open (librbd for RBD, files for dir storages).
 
-        def worker(task_log: TaskLog) -> None:
-            release = self._locked(kind, vmid)
-            try:
-                conf = self._load_for_task(node, kind, vmid)
-                if action == "start":
-                    self._do_start(conf, task_log, skiplock=skiplock)
-                else:
-                    self._do_stop(conf, task_log, skiplock=skiplock)
-            finally:
-                release()
-
-        task = self.tasks.start(node, dtype, str(vmid), req.user, worker)
-        log.info("%s %s %s: task %s", action, word, vmid, task.upid)
-        return str(task.upid)
-
-    def _load_for_task(self, node: str, kind: str, vmid: int) -> GuestConfig:
-        try:
-            return config.load_guest(self.root, node, kind, vmid)
-        except ConfigError as exc:
-            raise TaskError(str(exc)) from None
-
-    def _disk_targets(self, conf: GuestConfig) -> list[DiskTarget]:
+        Raises TaskError for an unknown or disabled storage.
+        """
         storages = config.read_storage_cfg(self.root)
         out = []
         for disk in conf.disks():
@@ -400,126 +362,12 @@ class Simulator:
             # other storage types are not simulated: the guest runs without that disk
         return out
 
-    def _do_start(self, conf: GuestConfig, task_log: TaskLog, *, skiplock: bool) -> None:
-        word = _guest_word(conf.kind)
-        if conf.lock and not skiplock:
-            raise TaskError(f"{word} is locked ({conf.lock})")
-        if self._running(conf.vmid):
-            raise TaskError(f"{word} {conf.vmid} already running")
-        if conf.template:
-            raise TaskError("you can't start a vm if it's a template")
-        run_hookscript(
-            self.root,
-            conf,
-            "pre-start",
-            task_log,
-            stop_on_error=True,
-            timeout=self.hook_timeout,
-            node_root=self.node_roots.get(conf.node),
-        )
-        targets = self._disk_targets(conf)
-        guest = Guest(
-            conf.kind, conf.vmid, targets, self.scratch / "guests" / str(conf.vmid), self._crashed
-        )
-        t0 = time.monotonic()
-        try:
-            guest.start(task_log)
-        except GuestError as exc:
-            raise TaskError(f"start failed: {exc}") from None
-        with self._guests_lock:
-            self._guests[conf.vmid] = guest
-        task_log(f"guest {conf.vmid} started in {time.monotonic() - t0:.2f}s (pid {guest.pid})")
-        run_hookscript(
-            self.root,
-            conf,
-            "post-start",
-            task_log,
-            stop_on_error=False,
-            timeout=self.hook_timeout,
-            node_root=self.node_roots.get(conf.node),
-        )
-
-    def _do_stop(self, conf: GuestConfig, task_log: TaskLog, *, skiplock: bool) -> None:
-        word = _guest_word(conf.kind)
-        if conf.lock and not skiplock:
-            raise TaskError(f"{word} is locked ({conf.lock})")
-        with self._guests_lock:
-            guest = self._guests.get(conf.vmid)
-        if guest is None or not guest.running():
-            task_log(f"{word} {conf.vmid} not running")
-            return
-        run_hookscript(
-            self.root,
-            conf,
-            "pre-stop",
-            task_log,
-            stop_on_error=False,
-            timeout=self.hook_timeout,
-            node_root=self.node_roots.get(conf.node),
-        )
-        guest.stop()
-        with self._guests_lock:
-            if self._guests.get(conf.vmid) is guest:
-                del self._guests[conf.vmid]
-        run_hookscript(
-            self.root,
-            conf,
-            "post-stop",
-            task_log,
-            stop_on_error=False,
-            timeout=self.hook_timeout,
-            node_root=self.node_roots.get(conf.node),
-        )
-
-    def _crashed(self, guest: Guest, reason: str) -> None:
-        """Called from the guest's heartbeat thread: clean up and run post-stop elsewhere."""
-        threading.Thread(
-            target=self._after_crash, args=(guest, reason), name=f"crash-{guest.vmid}", daemon=True
-        ).start()
-
-    def _after_crash(self, guest: Guest, reason: str) -> None:
-        release = self._locked(guest.kind, guest.vmid)
-        try:
-            with self._guests_lock:
-                if self._guests.get(guest.vmid) is not guest:
-                    return  # stopped meanwhile; the stop ran post-stop
-                del self._guests[guest.vmid]
-            guest.stop()
-            conf = next(
-                (
-                    g
-                    for g in config.list_guests(self.root)
-                    if g.vmid == guest.vmid and g.kind == guest.kind
-                ),
-                None,
-            )
-            if conf is not None:
-                run_hookscript(
-                    self.root,
-                    conf,
-                    "post-stop",
-                    lambda line: log.info("%s", line),
-                    stop_on_error=False,
-                    timeout=self.hook_timeout,
-                    node_root=self.node_roots.get(conf.node),
-                )
-        finally:
-            release()
-        log.warning("%s %s stopped by itself: %s", _guest_word(guest.kind), guest.vmid, reason)
-
     def shutdown_all(self) -> None:
-        """Stop every guest without hooks (the node goes away)."""
+        """Stop the background parts and every guest without hooks (the node goes away)."""
+        self.ha.stop()
+        self.rrd.stop()
         with self._guests_lock:
             guests = list(self._guests.values())
             self._guests.clear()
         for g in guests:
             g.stop()
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    try:
-        return hashlib.sha1(path.read_bytes()).hexdigest()  # PVE's config digest is SHA-1
-    except OSError:
-        return ""

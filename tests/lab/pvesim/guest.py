@@ -196,6 +196,8 @@ class Guest:
         self.seq = 0
         self.started = 0.0
         self.crash_reason: str | None = None
+        # QEMU's run state as QMP query-status gives it (qemu-server's qmpstatus)
+        self.qmpstatus = "running"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -241,8 +243,18 @@ class Guest:
         self.procs[0].write_record(heartbeat.heartbeat_offset(self.boot, self.seq), record)
         self.seq += 1
 
+    def pause(self) -> None:
+        """Pause the guest (QMP ``stop``): its disks stay open, it writes nothing."""
+        self.qmpstatus = "paused"
+
+    def resume(self) -> None:
+        """Resume a paused guest (QMP ``cont``)."""
+        self.qmpstatus = "running"
+
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL):
+            if self.qmpstatus != "running":
+                continue
             try:
                 dead = [p.target.key for p in self.procs if not p.alive()]
                 if dead:

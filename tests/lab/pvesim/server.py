@@ -2,7 +2,15 @@
 
 Like pveproxy, an error puts its message in the HTTP status line (proxmoxer shows
 that as the exception's content) and answers ``{"data": null}`` plus ``errors``
-for parameter problems.
+for parameter problems. An API token is checked as pveproxy checks it
+(PVE::HTTPServer::auth_handler -> PVE::AccessControl::verify_token): listed in
+user.cfg, secret in priv/token.cfg (or the lab's token file), else 401
+"Authentication failed!".
+
+The lab's ``pvesh`` (tests/lab/pvesh.py) stands for root@pam on a node, as the real
+pvesh does (it calls the API handlers in-process, no login): it sends
+``Authorization: PVESimRoot=<secret>`` with the secret the simulator wrote to its
+scratch directory (0600, root only).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.lab.pvesim.access import ROOT
 from tests.lab.pvesim.api import ApiError, Request, Simulator
 
 log = logging.getLogger("pvesim.http")
@@ -68,11 +77,12 @@ class PveHTTPServer(ThreadingHTTPServer):
 
     def __init__(
         self, address: tuple[str, int], simulator: Simulator, tokens: dict[str, str],
-        context: ssl.SSLContext | None,
+        context: ssl.SSLContext | None, root_secret: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__(address, PveRequestHandler)
         self.simulator = simulator
-        self.tokens = tokens
+        simulator.access.extra_tokens.update(tokens)
+        self.root_secret = root_secret
         self.context = context
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -120,13 +130,17 @@ class PveRequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(401, "invalid ticket")
             raise ApiError(401, "No ticket")
         scheme, _, value = header.partition("=")
+        if scheme.strip() == "PVESimRoot":
+            secret = self.server.root_secret
+            if secret is None or not hmac.compare_digest(secret, value.strip()):
+                raise ApiError(401, "Authentication failed!")
+            return ROOT
         if scheme.strip() != "PVEAPIToken":
             raise ApiError(401, "invalid authorization header")
         ident, sep, secret = value.strip().partition("=")
-        expected = self.server.tokens.get(ident)
-        if not sep or expected is None or not hmac.compare_digest(expected, secret):
-            raise ApiError(401, "invalid token value!" if expected is not None else "no such token")
-        return ident
+        if not sep:
+            raise ApiError(401, "Authentication failed!")
+        return self.server.simulator.access.authenticate_token(ident, secret)
 
     def _params(self) -> dict[str, str]:
         query = urlsplit(self.path).query

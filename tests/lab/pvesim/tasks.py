@@ -1,4 +1,10 @@
-"""Worker tasks with PVE UPIDs, run in threads, polled through the task API."""
+"""Worker tasks with PVE UPIDs, run in threads, polled through the task API.
+
+A task ends as pve-common's PVE::RESTEnvironment::fork_worker ends it: ``OK``, the
+first line of the error it died with, or ``WARNINGS: N`` when it logged N warnings
+(log_warn) and did not fail. PVE::UPID::status_is_error counts only the error as a
+failure.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ class Task:
     exitstatus: str | None = None
     log: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    warnings: int = 0
 
     def status_dict(self) -> dict[str, Any]:
         """Give the task as GET /nodes/{node}/tasks/{upid}/status does."""
@@ -108,6 +115,12 @@ class TaskLog:
     def __call__(self, line: str) -> None:
         with self._lock:
             self._task.log.extend(line.splitlines() or [""])
+
+    def warn(self, message: str) -> None:
+        """Log ``WARN: message`` and count it (PVE::RESTEnvironment::log_warn)."""
+        with self._lock:
+            self._task.log.append(f"WARN: {message.strip()}")
+            self._task.warnings += 1
 
 
 Worker = Callable[[TaskLog], None]
@@ -156,8 +169,8 @@ class TaskRegistry:
             log(f"TASK ERROR: {message}")
             exitstatus = message
         else:
-            log("TASK OK")
-            exitstatus = "OK"
+            exitstatus = f"WARNINGS: {task.warnings}" if task.warnings else "OK"
+            log(f"TASK {exitstatus}")
         with self._lock:
             task.status = "stopped"
             task.exitstatus = exitstatus
@@ -167,6 +180,11 @@ class TaskRegistry:
         """Give the task with this UPID, if this simulator ran it."""
         with self._lock:
             return self._tasks.get(upid)
+
+    def all(self) -> list[Task]:
+        """Give every task, oldest first."""
+        with self._lock:
+            return list(self._tasks.values())
 
     def log_lines(self, task: Task) -> list[str]:
         """Give a copy of the task's log lines."""
