@@ -8,10 +8,12 @@
 # Proxmox VE 9 runs Ceph 19.2 (squid), which lies between the two.
 #
 #   bash .ci/ceph-matrix.sh [trixie|forky|all]   (as root; default all)
+#   bash .ci/ceph-matrix.sh exec SUITE COMMAND... (COMMAND in the repo inside the
+#        prepared root instead of the suite, e.g. `sh -c '$VENV/bin/python -m tests.lab demo'`)
 #
-# Per release: the minbase root (a tarball cached in $PVE_MIRROR_CI_CACHE, default
-# /var/cache/pve-mirror-ci, for $CACHE_MAX_AGE_DAYS days; .debs and pip downloads are
-# cached there too), /proc /sys /dev /dev/pts mounted, resolv.conf and hosts copied,
+# Per release: the minbase root (a tarball cached in $PVE_MIRROR_CI_CACHE/ceph-matrix,
+# default /var/cache/pve-mirror-ci, for $CACHE_MAX_AGE_DAYS days; .debs and pip
+# downloads are cached there too), /proc /sys /dev /dev/pts mounted, resolv.conf and hosts copied,
 # the repo and ../shared bind-mounted read-only at their own absolute paths; then in
 # the root, with its own Python and Ceph bindings: tests/deps.sh (virtualenv outside
 # the repo), pmxcfs built, the two-site lab up, `pytest tests/integration`, lab down.
@@ -38,7 +40,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive
 unset PYTHONPATH VIRTUAL_ENV
 
-CACHE=${PVE_MIRROR_CI_CACHE:-/var/cache/pve-mirror-ci}
+# A directory of its own in the CI cache: other CI scripts clean up after themselves there.
+CACHE=${PVE_MIRROR_CI_CACHE:-/var/cache/pve-mirror-ci}/ceph-matrix
 CACHE_MAX_AGE_DAYS=${CACHE_MAX_AGE_DAYS:-7}
 VENV_IN_ROOT=/opt/pve-mirror-venv # outside the repo: never the host's .venv
 SUITES=(trixie forky)
@@ -57,15 +60,16 @@ port_base() {
 }
 
 usage() {
-    echo "usage: $0 [trixie|forky|all]" >&2
+    echo "usage: $0 [trixie|forky|all] | exec trixie|forky COMMAND..." >&2
     exit 2
 }
 
 # ============================================================================
 # One release (run as `ceph-matrix.sh --one SUITE`, so that each has its own trap)
 # ============================================================================
-one_suite() {
+one_suite() { # one_suite SUITE [COMMAND...]
     SUITE=$1
+    shift
     PORT_BASE=$(port_base "$SUITE") || usage
     WORK=/tmp/matrix-$SUITE
     ROOT=$WORK/root
@@ -91,9 +95,14 @@ one_suite() {
     timed deps install_deps
     CEPH=$(in_root ceph-mon --version | awk '{print $3}')
     PYVER=$(in_root /usr/bin/python3 -c 'import platform; print(platform.python_version())')
-    timed lab-up in_root_repo "$VENV_IN_ROOT/bin/python" -m tests.lab up
-    timed suite run_suite
-    timed lab-down in_root_repo timeout 300 "$VENV_IN_ROOT/bin/python" -m tests.lab down
+    if [ $# -gt 0 ]; then
+        timed exec in_root_repo "$@"
+        DETAIL="exec $*"
+    else
+        timed lab-up in_root_repo "$VENV_IN_ROOT/bin/python" -m tests.lab up
+        timed suite run_suite
+        timed lab-down in_root_repo timeout 300 "$VENV_IN_ROOT/bin/python" -m tests.lab down
+    fi
     STATUS=PASS
 }
 
@@ -339,6 +348,11 @@ main() {
 if [ "${1:-}" = --one ]; then
     [ $# -eq 2 ] || usage
     one_suite "$2"
+elif [ "${1:-}" = exec ]; then
+    [ $# -ge 3 ] || usage
+    port_base "$2" >/dev/null || usage
+    [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, mount)"
+    one_suite "${@:2}"
 else
     [ $# -le 1 ] || usage
     main "${1:-all}"

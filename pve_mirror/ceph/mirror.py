@@ -265,8 +265,7 @@ def _mirror_snaps(
         timestamp = 0.0
         if stamp_all or int(snap["id"]) == newest_copy:
             try:
-                stamp: dt.datetime = image.get_snap_timestamp(snap["id"])
-                timestamp = stamp.replace(tzinfo=dt.UTC).timestamp()
+                timestamp = librbd_epoch(image.get_snap_timestamp(snap["id"]))
             except rbd.Error:
                 timestamp = 0.0
         raw_primary_id = mirror.get("primary_snap_id")
@@ -283,6 +282,17 @@ def _mirror_snaps(
             )
         )
     return sorted(out, key=lambda s: s.snap_id)
+
+
+def librbd_epoch(stamp: dt.datetime) -> float:
+    """Give the POSIX time of a datetime that python3-rbd returned.
+
+    Up to 18.2 the bindings give naive datetimes in UTC (``utcfromtimestamp``); from
+    20.2 on, aware ones in UTC. A naive one is read as UTC, an aware one as it says.
+    """
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
 
 
 def image_status(cluster: Cluster, spec: ImageSpec) -> dict[str, Any]:

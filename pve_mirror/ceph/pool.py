@@ -129,8 +129,9 @@ def bootstrap_import(cluster: Cluster, pool: str, token: str) -> str:
 def status_list(cluster: Cluster, pool: str, namespace: str = "") -> dict[str, dict[str, Any]]:
     """Give the mirror status of every mirrored image of the pool, by image name.
 
-    One listing for the whole pool. Python-rbd 16.2.15 reports "status not found" and
-    no ``primary`` for images whose state is unknown; callers read those one by one.
+    One listing for the whole pool. librbd reports "status not found" and no
+    ``primary`` for images whose state is unknown (16.2.15, 18.2.7 and 20.2.4 alike,
+    see docs/ceph-releases.md); callers read those one by one.
     """
     ioctx = cluster.ioctx(pool, namespace)
     items = ceph_call(
@@ -141,9 +142,10 @@ def status_list(cluster: Cluster, pool: str, namespace: str = "") -> dict[str, d
 
 
 def status_is_unreliable(status: dict[str, Any]) -> bool:
-    """Tell whether a listed status is the 16.2.15 listing bug that needs a per-image read.
+    """Tell whether a listed status is the listing bug that needs a per-image read.
 
-    The listing never has ``info.primary`` in 16.2.15; callers take roles from
+    The listing has no ``info.primary`` (16.2.15; 18.2.7 and 20.2.4 at least not for
+    images in state unknown); callers take roles from
     :meth:`rbd.RBD.mirror_image_info_list` and use the listing for the daemons' reports.
     """
     return status.get("description") == "status not found"
