@@ -60,6 +60,7 @@ class SiteContext:
     site: SiteConfig
     _clusters: dict[ClusterAccess, Cluster] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _connecting: dict[ClusterAccess, threading.Lock] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path | str, *, require_site: bool = True) -> SiteContext:
@@ -87,13 +88,24 @@ class SiteContext:
         return self.site.warnings + self.root.storage_config().warnings + self.root.warnings
 
     def cluster(self, access: ClusterAccess) -> Cluster:
-        """Give a connected cluster for ``access``, connecting once per command."""
+        """Give a connected cluster for ``access``, connecting once per command.
+
+        Connections to different clusters are made concurrently (the peer's while this
+        site's answers); two threads asking for the same one share one connect.
+        """
         with self._lock:
             cluster = self._clusters.get(access)
+            if cluster is not None:
+                return cluster
+            gate = self._connecting.setdefault(access, threading.Lock())
+        with gate:
+            with self._lock:
+                cluster = self._clusters.get(access)
             if cluster is None:
                 cluster = Cluster(access)
                 cluster.connect()
-                self._clusters[access] = cluster
+                with self._lock:
+                    self._clusters[access] = cluster
             return cluster
 
     def local(self, storage: RbdStorage) -> Cluster:

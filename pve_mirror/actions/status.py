@@ -1,31 +1,53 @@
 """``pve-mirror status``: per guest and disk, role, peer state, last sync, RPO and health.
 
-Status strings come from the rbd-mirror daemons, which refresh them only every 30 s;
-whether a copy is in sync is decided from the mirror snapshots of both sides instead.
-Statuses are read per pool in one listing, per image only where the listing of
-librbd 16.2.15 is wrong ("status not found").
+The RPO is the age of the data the peer holds: how long ago the primary snapshot was
+taken whose copy the non-primary side holds complete (not when the copy was made).
+Two ways to read it, with the same verdicts:
+
+- pool listings (the default for more than :data:`EXACT_UP_TO` disks): per pool of
+  each cluster, its images, the mirror info of every mirrored image (role and mode,
+  exact) and the rbd-mirror daemons' statuses. The RPO is the one rbd-mirror reports
+  (``local_snapshot_timestamp``, the time of the primary snapshot the copy holds), as
+  of the daemon's last status write: rbd-mirror writes image statuses every 30 s, so a
+  copy finished since then still shows the previous one. A disk that looks late
+  (no complete copy, or an RPO over twice the schedule) is read exactly before it is
+  called late, so a WARN never comes from a stale status.
+- per image (few disks, or ``--exact``): both sides' mirror snapshots. The non-primary
+  side's newest complete mirror snapshot names the primary snapshot it holds; its
+  timestamp on the primary is the data's age, to the second.
+
+Roles always come from the OSDs (never from a daemon's status), daemon states always
+from the statuses (up to 30 s old).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from pve_mirror.actions.context import MirroredDisk, SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, guest_prefix
+from pve_mirror.actions.status_render import prometheus_text, render_text, write_prometheus
 from pve_mirror.ceph import mirror, pool, schedule
 from pve_mirror.ceph.cluster import Cluster
+from pve_mirror.ceph.poolview import PoolView, ViewRequest, read_images, read_views, run_all
 from pve_mirror.ceph.syncstate import sync_state
-from pve_mirror.errors import PveMirrorError
-from pve_mirror.files import write_atomic
+from pve_mirror.errors import NotFoundError, PveMirrorError
 from pve_mirror.pve.root import GuestRef
+from pve_mirror.pve.siteconfig import GuestEntry
+
+__all__ = ["collect_status", "prometheus_text", "render_text", "write_prometheus"]
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 _RANK = {OK: 0, WARN: 1, ERROR: 2}
+# Up to this many disks, status reads image by image (exact, and cheaper than listing
+# a pool of a thousand images); above, it lists the pools.
+EXACT_UP_TO = 16
 
 
 @dataclass
@@ -80,23 +102,138 @@ class GuestStatus:
 
 
 @dataclass
-class _PoolView:
-    """One pool's listing on one cluster: status and mirror info by image name."""
+class _Job:
+    """One disk on its way to a DiskStatus."""
 
-    statuses: dict[str, dict[str, Any]]
-    infos: dict[str, dict[str, Any]]
+    item: MirroredDisk
+    entry: GuestEntry | None
+    cluster: Cluster
+    row: DiskStatus
+    primary_here: bool = False
+    # Snapshot mode, roles consistent, peer reachable: the RPO decides the health.
+    judged: bool = False
+    # The non-primary side's daemon reported up (a late copy may have finished since).
+    daemon_up: bool = False
+
+    @property
+    def limit(self) -> int:
+        """Give the RPO over which the disk is late: twice its schedule."""
+        interval = self.entry.schedule if self.entry else None
+        return 2 * schedule.parse_interval(interval or DEFAULT_SCHEDULE)
 
 
-def _pool_view(cluster: Cluster, pool_name: str, namespace: str) -> _PoolView:
-    statuses = pool.status_list(cluster, pool_name, namespace)
-    ioctx = cluster.ioctx(pool_name, namespace)
-    by_id = {str(s.get("id")): name for name, s in statuses.items()}
-    infos: dict[str, dict[str, Any]] = {}
-    for image_id, info in cluster.rbd.mirror_image_info_list(ioctx):
-        name = by_id.get(str(image_id))
-        if name is not None:
-            infos[name] = info
-    return _PoolView(statuses, infos)
+@dataclass
+class _Peer:
+    cluster: Cluster | None
+    problem: str | None
+
+
+def collect_status(
+    ctx: SiteContext, refs: list[GuestRef], now: float | None = None, *, exact: bool | None = None
+) -> list[GuestStatus]:
+    """Give the status of every mirrored disk of ``refs``.
+
+    ``exact`` reads every disk image by image (None: only when there are at most
+    :data:`EXACT_UP_TO` disks). Raises CephError only when this site's cluster cannot
+    be read; an unreachable peer makes the affected disks ERROR instead.
+    """
+    now = time.time() if now is None else now
+    entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
+    jobs: list[_Job] = []
+    by_guest: list[tuple[GuestRef, GuestEntry | None, list[_Job]]] = []
+    with ThreadPoolExecutor(max_workers=1) as background:
+        # The peer's monitors answer while the guest configs are read.
+        connecting = background.submit(_connect_peer, ctx) if refs else None
+        for ref in refs:
+            entry = entries.get((ref.kind, ref.vmid))
+            disks, _others = ctx.disks(ref)
+            mine = [_Job(item, entry, ctx.local(item.storage), _empty_row(item)) for item in disks]
+            jobs += mine
+            by_guest.append((ref, entry, mine))
+        peer = connecting.result() if connecting else _Peer(None, None)
+    exact = len(jobs) <= EXACT_UP_TO if exact is None else exact
+    local, remote = _views(jobs, peer.cluster, exact)
+    _each(jobs, lambda job: _evaluate(job, local, remote, peer, now))
+    late = [j for j in jobs if j.judged and (exact or (j.daemon_up and _looks_late(j)))]
+    _each(late, lambda job: _exact_position(job, peer.cluster, now))
+    for job in jobs:
+        if job.judged:
+            _judge(job)
+    return [
+        GuestStatus(guest_prefix(ref), ref.node, entry.schedule if entry else None,
+                    [j.row for j in mine])
+        for ref, entry, mine in by_guest
+    ]  # fmt: skip
+
+
+def _empty_row(item: MirroredDisk) -> DiskStatus:
+    disk = item.disk
+    return DiskStatus(
+        guest=guest_prefix(item.guest),
+        key=disk.key if not disk.section else f"{disk.key}@{disk.section}",
+        image=str(item.spec),
+        mode=None,
+        role="not mirrored",
+        peer_role=None,
+        peer_state=None,
+        description=None,
+        last_sync=None,
+        rpo_seconds=None,
+        bytes_per_second=None,
+        copying=None,
+    )
+
+
+def _connect_peer(ctx: SiteContext) -> _Peer:
+    try:
+        return _Peer(ctx.peer(), None)
+    except PveMirrorError as exc:
+        return _Peer(None, f"peer cluster unreachable: {exc}")
+
+
+ViewKey = tuple[str, str, str]
+
+
+def _key(job: _Job) -> ViewKey:
+    # Two storages (librbd and krbd, say) often share a pool: the key is the cluster.
+    return job.cluster.fsid, job.item.spec.pool, job.item.spec.namespace
+
+
+def _views(
+    jobs: list[_Job], peer: Cluster | None, exact: bool
+) -> tuple[dict[ViewKey, PoolView], dict[ViewKey, PoolView]]:
+    """Give the local and the peer's views of the pools the jobs use, keyed like _key."""
+    clusters: dict[ViewKey, Cluster] = {}
+    names: dict[ViewKey, list[str]] = {}
+    for job in jobs:
+        clusters.setdefault(_key(job), job.cluster)
+        names.setdefault(_key(job), []).append(job.item.spec.image)
+    keys = list(clusters)
+    sides = [(clusters[k], k) for k in keys] + ([(peer, k) for k in keys] if peer else [])
+    if exact:
+        views = run_all(
+            [
+                partial(read_images, cluster, k[1], k[2], names[k], statuses=cluster is not peer)
+                for cluster, k in sides
+            ]
+        )
+    else:
+        views = read_views(
+            [ViewRequest(cluster, k[1], k[2], statuses=cluster is not peer) for cluster, k in sides]
+        )
+    local = dict(zip(keys, views[: len(keys)], strict=True))
+    remote = dict(zip(keys, views[len(keys) :], strict=True)) if peer else {}
+    return local, remote
+
+
+def _each(jobs: list[_Job], work: Callable[[_Job], None]) -> None:
+    """Run ``work`` on every job; from threads when they may wait on Ceph."""
+    if len(jobs) <= 1:
+        for job in jobs:
+            work(job)
+        return
+    with ThreadPoolExecutor(max_workers=16) as workers:
+        list(workers.map(work, jobs))
 
 
 def _state_text(status: dict[str, Any]) -> str:
@@ -115,107 +252,54 @@ def _description_json(description: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def collect_status(
-    ctx: SiteContext, refs: list[GuestRef], now: float | None = None
-) -> list[GuestStatus]:
-    """Give the status of every mirrored disk of ``refs``.
-
-    Raises CephError only when this site's cluster cannot be read; an unreachable
-    peer makes the affected disks ERROR instead.
-    """
-    now = time.time() if now is None else now
-    entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
-    guests: list[tuple[GuestRef, str | None, list[MirroredDisk]]] = []
-    for ref in refs:
-        entry = entries.get((ref.kind, ref.vmid))
-        disks, _others = ctx.disks(ref)
-        guests.append((ref, entry.schedule if entry else None, disks))
-    # One listing per pool of each cluster: two storages (librbd and krbd, say) often
-    # share a pool, so the key is the cluster's fsid, not the storage.
-    views: dict[tuple[str, str, str], _PoolView] = {}
-    for _ref, _sched, disks in guests:
-        for item in disks:
-            key = _view_key(ctx, item)
-            if key not in views:
-                views[key] = _pool_view(
-                    ctx.local(item.storage), item.spec.pool, item.spec.namespace
-                )
-    peer: Cluster | None = None
-    peer_problem = None
-    try:
-        peer = ctx.peer()
-    except PveMirrorError as exc:
-        peer_problem = f"peer cluster unreachable: {exc}"
-    jobs = [
-        (ref, sched, item, views[_view_key(ctx, item)])
-        for ref, sched, disks in guests
-        for item in disks
-    ]
-    with ThreadPoolExecutor(max_workers=max(1, ctx.site.concurrency)) as workers:
-        rows = list(
-            workers.map(
-                lambda job: _disk_status(ctx, job[2], job[3], job[1], peer, peer_problem, now),
-                jobs,
-            )
-        )
-    out = []
-    for ref, sched, _disks in guests:
-        mine = [row for (r, _s, _i, _v), row in zip(jobs, rows, strict=True) if r == ref]
-        out.append(GuestStatus(guest_prefix(ref), ref.node, sched, mine))
-    return out
-
-
-def _view_key(ctx: SiteContext, item: MirroredDisk) -> tuple[str, str, str]:
-    return ctx.local(item.storage).fsid, item.spec.pool, item.spec.namespace
-
-
-def _disk_status(
-    ctx: SiteContext,
-    item: MirroredDisk,
-    view: _PoolView,
-    interval: str | None,
-    peer: Cluster | None,
-    peer_problem: str | None,
+def _evaluate(
+    job: _Job,
+    local: dict[ViewKey, PoolView],
+    remote: dict[ViewKey, PoolView],
+    peer: _Peer,
     now: float,
-) -> DiskStatus:
-    name = item.spec.image
-    info = view.infos.get(name)
-    row = DiskStatus(
-        guest=guest_prefix(item.guest),
-        key=item.disk.key if not item.disk.section else f"{item.disk.key}@{item.disk.section}",
-        image=str(item.spec),
-        mode=None,
-        role="not mirrored",
-        peer_role=None,
-        peer_state=None,
-        description=None,
-        last_sync=None,
-        rpo_seconds=None,
-        bytes_per_second=None,
-        copying=None,
-    )
-    cluster = ctx.local(item.storage)
+) -> None:
+    """Fill in the row from the views: role, daemon state, peer role, listed RPO."""
+    row, spec = job.row, job.item.spec
+    view = local[_key(job)]
+    info = view.info(spec.image)
     if info is None:
-        # Not in the pool's mirror listing: not mirrored (or enabled this very moment).
-        detail = mirror.mirror_info(cluster, item.spec)
-        if detail.state != "enabled":
-            level = ERROR if ctx.site.guest(item.guest.kind, item.guest.vmid) else WARN
-            row.flag(level, "mirroring is not enabled for this disk")
-            return row
-        info = {"mode": detail.mode, "primary": detail.primary}
-    primary_here = bool(info.get("primary"))
-    row.role = "primary" if primary_here else "non-primary"
-    mode_value = info.get("mode")
-    row.mode = mirror.MODE_BY_NUMBER.get(mode_value) if isinstance(mode_value, int) else mode_value
-    status = view.statuses.get(name)
+        # Not mirrored, missing, or enabled/disabled this very moment: read it alone.
+        try:
+            info = mirror.mirror_info(job.cluster, spec)
+        except NotFoundError:
+            row.flag(ERROR, "the image does not exist")
+            return
+        if info.state != "enabled":
+            row.flag(ERROR if job.entry else WARN, "mirroring is not enabled for this disk")
+            return
+    job.primary_here = info.primary
+    row.role = "primary" if info.primary else "non-primary"
+    row.mode = info.mode
+    status = view.statuses.get(spec.image)
     if status is None or pool.status_is_unreliable(status):
-        status = mirror.image_status(cluster, item.spec)
-    if primary_here:
+        status = mirror.image_status(job.cluster, spec)
+    _daemon_state(job, status)
+    details = _description_json(row.description)
+    if "bytes_per_second" in details:
+        row.bytes_per_second = float(details["bytes_per_second"])
+    _listed_position(row, details, now)
+    if peer.cluster is None:
+        row.flag(ERROR, peer.problem or "peer cluster unreachable")
+        return
+    _peer_role(job, remote[_key(job)], peer.cluster)
+
+
+def _daemon_state(job: _Job, status: dict[str, Any]) -> None:
+    """Peer state and description from the daemon that replays the non-primary side."""
+    row = job.row
+    if job.primary_here:
         remotes = status.get("remote_statuses") or []
         if remotes:
             row.peer_state = _state_text(remotes[0])
             row.description = str(remotes[0].get("description", ""))
-            if not remotes[0].get("up"):
+            job.daemon_up = bool(remotes[0].get("up"))
+            if not job.daemon_up:
                 row.flag(ERROR, "the peer's rbd-mirror daemon is down")
         else:
             row.peer_state = "down+unknown"
@@ -223,129 +307,78 @@ def _disk_status(
     else:
         row.peer_state = _state_text(status)
         row.description = str(status.get("description", ""))
-        if not status.get("up"):
+        job.daemon_up = bool(status.get("up"))
+        if not job.daemon_up:
             row.flag(ERROR, "this site's rbd-mirror daemon is down")
-    details = _description_json(row.description)
-    if "bytes_per_second" in details:
-        row.bytes_per_second = float(details["bytes_per_second"])
     if row.description and "split-brain" in row.description:
         row.flag(ERROR, "split-brain: both sites wrote to the image; resync one side")
     elif row.peer_state and row.peer_state.endswith("+error"):
         row.flag(ERROR, f"mirroring error: {row.description}")
-    if peer is None:
-        row.flag(ERROR, peer_problem or "peer cluster unreachable")
-        if "local_snapshot_timestamp" in details:
-            row.last_sync = float(details["local_snapshot_timestamp"])
-            row.rpo_seconds = max(0.0, now - row.last_sync)
-        return row
-    _compare_with_peer(row, cluster, peer, item, primary_here, interval, now)
-    return row
 
 
-def _compare_with_peer(
-    row: DiskStatus,
-    cluster: Cluster,
-    peer: Cluster,
-    item: MirroredDisk,
-    primary_here: bool,
-    interval: str | None,
-    now: float,
-) -> None:
-    """Fill in the peer's role and, from the non-primary side's snapshots, the RPO.
+def _listed_position(row: DiskStatus, details: dict[str, Any], now: float) -> None:
+    """The RPO as rbd-mirror last reported it (the data's age, as of its last write)."""
+    if row.mode != mirror.SNAPSHOT:
+        return
+    if "local_snapshot_timestamp" in details:
+        row.last_sync = float(details["local_snapshot_timestamp"])
+        row.rpo_seconds = max(0.0, now - row.last_sync)
+    if "replay_state" in details:
+        row.copying = details["replay_state"] == "syncing"
 
-    One image open per disk: the non-primary copy holds what ``status`` needs (its
-    newest complete mirror snapshot and when it was taken).
-    """
-    peer_view = mirror.replica_view(peer, item.spec)
-    if peer_view is None:
+
+def _peer_role(job: _Job, view: PoolView, peer: Cluster) -> None:
+    row, spec = job.row, job.item.spec
+    info = view.info(spec.image)
+    if info is None and view.exists(spec.image):
+        try:
+            info = mirror.mirror_info(peer, spec)
+        except NotFoundError:
+            info = None
+    if info is None:
         row.peer_role = "missing"
         row.flag(WARN, "no copy on the peer yet")
         return
-    peer_info, peer_snaps = peer_view
-    if peer_info.state != "enabled":
+    if info.state != "enabled":
         row.peer_role = "not mirrored"
     else:
-        row.peer_role = "primary" if peer_info.primary else "non-primary"
-    if primary_here and peer_info.primary:
+        row.peer_role = "primary" if info.primary else "non-primary"
+    if job.primary_here and info.primary:
         row.flag(ERROR, "primary on both sites: split-brain risk, demote one side")
         return
-    if not primary_here and not peer_info.primary:
+    if not job.primary_here and not info.primary:
         row.flag(ERROR, "primary on neither site")
         return
-    if row.mode != "snapshot":
+    job.judged = row.mode == mirror.SNAPSHOT
+
+
+def _looks_late(job: _Job) -> bool:
+    rpo = job.row.rpo_seconds
+    return rpo is None or rpo > job.limit
+
+
+def _exact_position(job: _Job, peer: Cluster | None, now: float) -> None:
+    """Read the RPO from both sides' mirror snapshots (one image open per side)."""
+    if peer is None:
         return
-    if primary_here:
-        replica = peer_snaps
-    else:
-        local_view = mirror.replica_view(cluster, item.spec)
-        replica = local_view[1] if local_view else []
-    state = sync_state([], replica)
-    row.copying = state.copying
-    row.last_sync = state.synced_at
-    row.rpo_seconds = state.rpo_seconds(now)
+    primary, replica = (job.cluster, peer) if job.primary_here else (peer, job.cluster)
+    spec = job.item.spec
+    try:
+        replica_snaps = mirror.mirror_snapshots(replica, spec)
+        primary_snaps = mirror.mirror_snapshots(primary, spec)
+    except NotFoundError:
+        return
+    state = sync_state(primary_snaps, replica_snaps)
+    job.row.copying = state.copying
+    job.row.last_sync = state.synced_at
+    job.row.rpo_seconds = state.rpo_seconds(now)
+
+
+def _judge(job: _Job) -> None:
+    row = job.row
     if row.rpo_seconds is None:
         row.flag(WARN, "the peer holds no complete copy yet")
-        return
-    limit = 2 * schedule.parse_interval(interval or DEFAULT_SCHEDULE)
-    if row.rpo_seconds > limit:
-        row.flag(WARN, f"RPO {row.rpo_seconds:.0f} s is over twice the schedule ({limit // 2} s)")
-
-
-def render_text(statuses: list[GuestStatus]) -> str:
-    """Give the human form: one line per disk under a line per guest."""
-    if not statuses:
-        return "no mirrored guests"
-    lines = []
-    for guest in statuses:
-        lines.append(f"{guest.guest} on {guest.node}: {guest.health}")
-        for d in guest.disks:
-            rpo = "-" if d.rpo_seconds is None else f"{d.rpo_seconds:.0f}s"
-            lines.append(
-                f"  {d.key:<10} {d.image:<28} {d.mode or '-':<8} {d.role:<12} "
-                f"peer {d.peer_role or '-':<11} {d.peer_state or '-':<16} rpo {rpo:<6} {d.health}"
-            )
-            lines += [f"      {p}" for p in d.problems]
-    return "\n".join(lines)
-
-
-_HEALTH_VALUE = {OK: 0, WARN: 1, ERROR: 2}
-
-
-def prometheus_text(statuses: list[GuestStatus], site: str) -> str:
-    """Give the node-exporter textfile-collector form (RPO, state and health per disk)."""
-    lines = [
-        "# HELP pve_mirror_rpo_seconds Age of the newest data the peer holds for the disk.",
-        "# TYPE pve_mirror_rpo_seconds gauge",
-    ]
-    state_lines = [
-        "# HELP pve_mirror_disk_info Mirroring role and peer state of the disk (always 1).",
-        "# TYPE pve_mirror_disk_info gauge",
-    ]
-    health_lines = [
-        "# HELP pve_mirror_disk_health Health of the disk: 0 OK, 1 WARN, 2 ERROR.",
-        "# TYPE pve_mirror_disk_health gauge",
-    ]
-    guest_lines = [
-        "# HELP pve_mirror_guest_health Health of the guest: 0 OK, 1 WARN, 2 ERROR.",
-        "# TYPE pve_mirror_guest_health gauge",
-    ]
-    for guest in statuses:
-        health = _HEALTH_VALUE[guest.health]
-        guest_lines.append(
-            f'pve_mirror_guest_health{{site="{site}",guest="{guest.guest}"}} {health}'
+    elif row.rpo_seconds > job.limit:
+        row.flag(
+            WARN, f"RPO {row.rpo_seconds:.0f} s is over twice the schedule ({job.limit // 2} s)"
         )
-        for d in guest.disks:
-            labels = f'site="{site}",guest="{d.guest}",disk="{d.key}",image="{d.image}"'
-            if d.rpo_seconds is not None:
-                lines.append(f"pve_mirror_rpo_seconds{{{labels}}} {d.rpo_seconds:.0f}")
-            peer_state = d.peer_state or "unknown"
-            state_lines.append(
-                f'pve_mirror_disk_info{{{labels},role="{d.role}",peer_state="{peer_state}"}} 1'
-            )
-            health_lines.append(f"pve_mirror_disk_health{{{labels}}} {_HEALTH_VALUE[d.health]}")
-    return "\n".join(lines + state_lines + health_lines + guest_lines) + "\n"
-
-
-def write_prometheus(path: Path, text: str) -> None:
-    """Write the textfile atomically (node-exporter must never read half a file)."""
-    write_atomic(path, text.encode(), 0o644)

@@ -280,28 +280,32 @@ class SiteConfig:
 
     def guests(self) -> list[GuestEntry]:
         """Give the mirrored guests, in VMID order."""
-        out = []
-        for s in self._sections("guest"):
-            match = _GUEST_ID.fullmatch(s.id)
-            if not match:
-                continue
-            order = s.get("order")
-            out.append(
-                GuestEntry(
-                    kind=_KIND_BY_PREFIX[match.group(1)],
-                    vmid=int(match.group(2)),
-                    mode=parse_mode(s.get("mode") or DEFAULT_MODE),
-                    schedule=s.get("schedule"),
-                    order=int(order) if order is not None else None,
-                    group=s.get("group"),
-                    enabled=s.get("enabled", "1") == "1",
-                )
-            )
-        return sorted(out, key=lambda g: g.vmid)
+        out = [self._entry(s) for s in self._sections("guest")]
+        return sorted((g for g in out if g is not None), key=lambda g: g.vmid)
+
+    @staticmethod
+    def _entry(section: Section) -> GuestEntry | None:
+        match = _GUEST_ID.fullmatch(section.id)
+        if not match:
+            return None
+        order = section.get("order")
+        return GuestEntry(
+            kind=_KIND_BY_PREFIX[match.group(1)],
+            vmid=int(match.group(2)),
+            mode=parse_mode(section.get("mode") or DEFAULT_MODE),
+            schedule=section.get("schedule"),
+            order=int(order) if order is not None else None,
+            group=section.get("group"),
+            enabled=section.get("enabled", "1") == "1",
+        )
 
     def guest(self, kind: GuestType, vmid: int) -> GuestEntry | None:
-        """Give the entry of one guest, or None."""
-        return next((g for g in self.guests() if g.kind == kind and g.vmid == vmid), None)
+        """Give the entry of one guest, or None (one section read, not the whole list)."""
+        section = self.doc.get(guest_id(kind, vmid))
+        if section is None or section.type != "guest":
+            return None
+        entry = self._entry(section)
+        return entry if entry is not None and entry.kind == kind else None
 
     def set_guest(self, entry: GuestEntry) -> None:
         """Add or update the entry of a guest, keeping other keys and comments."""
