@@ -17,4 +17,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Fixtures shared by the integration tests (pytest finds them through this conftest).
-from tests.integration.sites import sites  # noqa: E402, F401
+from tests.integration.sites import dr_lab, sites  # noqa: E402, F401

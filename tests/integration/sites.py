@@ -39,7 +39,7 @@ Sites = DrLab
 
 
 @pytest.fixture(scope="session")
-def sites(ceph_lab: CephLab) -> Iterator[DrLab]:
+def dr_lab(ceph_lab: CephLab) -> Iterator[DrLab]:
     """Give both PVE sites running on the lab, paired by ``site init``, hooks installed."""
     _restart_vmids(ceph_lab)
     try:
@@ -48,3 +48,13 @@ def sites(ceph_lab: CephLab) -> Iterator[DrLab]:
         pytest.fail(str(exc), pytrace=False)
     yield dr
     dr.stop()
+
+
+@pytest.fixture
+def sites(dr_lab: DrLab) -> DrLab:
+    """Give the paired sites with both simulators running: a test that took a site down
+    (``CephLab.stop_site`` stops its simulator too) leaves it to the next one to start."""
+    for site in (dr_lab.a, dr_lab.b):
+        if not site.running():
+            site.start()
+    return dr_lab

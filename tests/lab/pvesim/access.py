@@ -22,11 +22,14 @@ Follows pve-access-control:
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.lab.pvesim.errors import ApiError
+
+log = logging.getLogger("pvesim.access")
 
 ROOT = "root@pam"
 _TOKEN_RE = re.compile(r"^(\S+@\S+)!([A-Za-z][A-Za-z0-9.\-_]+)$")
@@ -275,6 +278,7 @@ class Access:
             if expected is None or not hmac.compare_digest(expected, secret):
                 why = "invalid token value!"
         if why is not None:
+            log.warning("authentication failure: %s", why)  # what pveproxy logs
             raise ApiError(401, "Authentication failed!")
         return ident
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.pvesim import confapi, config, resources
-from tests.lab.pvesim.access import ROOT, Access, effective_permissions
+from tests.lab.pvesim.access import ROOT, Access, effective_permissions, permissions
 from tests.lab.pvesim.config import ConfigError, GuestConfig
 from tests.lab.pvesim.errors import ApiError, param_error
 from tests.lab.pvesim.guest import DiskTarget, Guest, rbd_filename
@@ -211,8 +211,6 @@ class Simulator:
         path = req.params.get("path")
         cfg = self.access.config()
         if path:
-            from tests.lab.pvesim.access import permissions
-
             return {path: permissions(cfg, userid, path)}
         return effective_permissions(cfg, userid)
 
