@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from pve_mirror.actions import hook
 from pve_mirror.cli.main import main
 from pve_mirror.pve.siteconfig import GuestEntry, load_site_config
+from tests.lab.pvesim.api import Simulator
 from tests.unit.pvetree import STORAGE_CFG, VM_100, VM_101, build_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +30,8 @@ def make_site(tmp_path: Path) -> tuple[Path, Path]:
     (root / "storage.cfg").write_text(
         STORAGE_CFG.replace(
             "\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup\n",
-            f"\tpath {local}\n\tcontent iso,vztmpl,backup,snippets\n",
+            # shared: one snippet serves both nodes (the multi-node case is an integration test)
+            f"\tpath {local}\n\tcontent iso,vztmpl,backup,snippets\n\tshared 1\n",
         )
     )
     cfg = load_site_config(root, required=False)
@@ -38,6 +43,42 @@ def make_site(tmp_path: Path) -> tuple[Path, Path]:
     cfg.set_guest(GuestEntry("qemu", 102, enabled=False))
     cfg.save()
     return root, local / "snippets"
+
+
+@pytest.fixture
+def pve_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Serve the tree at ``tmp_path/pve`` with the lab's PVE simulator and put the lab's
+    pvesh (root@pam, as on a node) first on PATH: ``hook install`` sets hookscripts through
+    the API. Runs as if on node pve1. Gives the tree's root (build it with make_site first)."""
+    from tests.lab.pvesim.server import PveHTTPServer, ensure_certificate, make_context
+
+    root, scratch = tmp_path / "pve", tmp_path / "pvesim"
+    scratch.mkdir()
+    cert, key = ensure_certificate(scratch, "pve1")
+    simulator = Simulator(root, scratch)
+    server = PveHTTPServer(("127.0.0.1", 0), simulator, {}, make_context(cert, key),
+                           root_secret="unit-root")  # fmt: skip
+    (scratch / "root-secret").write_text("unit-root\n")
+    ready = {"port": server.server_address[1], "cert": str(cert)}
+    (scratch / "pvesim.ready").write_text(json.dumps(ready))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pvesh").write_text(
+        f"#!/bin/sh\nPYTHONPATH={REPO} exec /usr/bin/python3 -m tests.lab.pvesh "
+        f'--scratch {scratch} "$@"\n'
+    )
+    (bin_dir / "pvesh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PVE_MIRROR_NODE", "pve1")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        simulator.shutdown_all()
 
 
 def write_script(path: Path, body: str) -> None:
@@ -52,7 +93,7 @@ def test_packaged_hook_is_the_default_snippet() -> None:
 
 
 def test_install_sets_hook_chains_and_is_idempotent(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pve_api: Path
 ) -> None:
     root, snippets = make_site(tmp_path)
     vm101 = root / "nodes/pve2/qemu-server/101.conf"
@@ -61,10 +102,10 @@ def test_install_sets_hook_chains_and_is_idempotent(
 
     assert main(["--root", str(root), "hook", "install", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "VM 100: set hookscript local:snippets/pve-mirror-hook" in out
+    assert "VM 100 on pve1: set hookscript local:snippets/pve-mirror-hook" in out
     assert (
-        "VM 101: set hookscript local:snippets/pve-mirror-hook, chaining local:snippets/other.sh"
-        in out
+        "VM 101 on pve2: set hookscript local:snippets/pve-mirror-hook, "
+        "chaining local:snippets/other.sh" in out
     )
     assert "CT 200" in out and "102" not in out
     assert {p: p.read_bytes() for p in root.rglob("*.conf")} == before
@@ -99,7 +140,7 @@ def test_install_sets_hook_chains_and_is_idempotent(
 
 
 def test_install_skips_locked_guest_and_needs_dir_storage(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pve_api: Path
 ) -> None:
     root, _snippets = make_site(tmp_path)
     vm100 = root / "nodes/pve1/qemu-server/100.conf"
@@ -109,7 +150,7 @@ def test_install_skips_locked_guest_and_needs_dir_storage(
     assert "VM 100 is locked (backup); skipped" in err
     assert "hookscript" not in vm100.read_text()
     assert main(["--root", str(root), "hook", "install", "--storage", "ceph-vm"]) == 4
-    assert "not a directory storage" in capsys.readouterr().err
+    assert "not a storage with a path" in capsys.readouterr().err
     assert main(["--root", str(root), "hook", "install", "--storage", "nope"]) == 3
 
 
