@@ -79,6 +79,9 @@ one_suite() { # one_suite SUITE [COMMAND...]
     declare -g STATUS=FAIL DETAIL="" CEPH="?" PYVER="?" T_START=$SECONDS
 
     mkdir -p "$WORK" "$LAB"
+    # One run per release at a time: the cleanup below ends every process in the root.
+    exec 9>"$WORK/.lock"
+    flock -n 9 || die "another run for $SUITE holds $WORK/.lock"
     rm -f "$SUMMARY"
     trap one_cleanup EXIT
     trap 'exit 130' INT TERM
@@ -218,16 +221,21 @@ mount_root() {
 
 # Processes whose root directory is ours: started by this run, in the root.
 root_pids() {
-    local p
-    for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && echo "${p#/proc/}"
-    done
-    return 0
+    find /proc -mindepth 2 -maxdepth 2 -name root -lname "$ROOT" 2>/dev/null |
+        awk -F/ '$3 ~ /^[0-9]+$/ { print $3 }'
 }
 
 mounts_under_root() { # deepest first
     awk -v r="$ROOT" '$5 == r || index($5, r "/") == 1 { print $5 }' /proc/self/mountinfo |
         awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2-
+}
+
+wait_no_root_pids() { # wait_no_root_pids SECONDS: until no process runs in the root
+    local end=$((SECONDS + $1))
+    while [ -n "$(root_pids)" ]; do
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.2
+    done
 }
 
 teardown_root() {
@@ -236,13 +244,12 @@ teardown_root() {
     if [ -n "$pids" ]; then
         echo "ending processes left in the root: $(echo $pids)"
         kill -TERM $pids 2>/dev/null
-        for ((i = 0; i < 100; i++)); do
-            [ -n "$(root_pids)" ] || break
-            sleep 0.1
-        done
-        pids=$(root_pids)
-        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null
-        sleep 0.5
+        if ! wait_no_root_pids 10; then
+            pids=$(root_pids)
+            echo "still running after SIGTERM, sending SIGKILL: $(echo $pids)"
+            kill -KILL $pids 2>/dev/null
+            wait_no_root_pids 10 || echo "ceph-matrix: processes survive SIGKILL: $(root_pids)" >&2
+        fi
     fi
     for ((i = 0; i < 3; i++)); do
         for m in $(mounts_under_root); do
