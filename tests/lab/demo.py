@@ -87,10 +87,16 @@ def api_start(site: PveSite, kind: str, vmid: int) -> str:
 
 
 def guest_state(site: PveSite, kind: str, vmid: int) -> str:
-    """Give ``running on <node>``/``stopped on <node>`` of a guest, or ``absent``."""
-    for item in site.api().cluster.resources.get(type="vm"):
+    """Give ``running on <node>``/``stopped on <node>`` of a guest, or ``absent``.
+
+    The node comes from /cluster/resources, the status from status/current: the
+    former's status is pvestatd's, up to a cycle old.
+    """
+    api = site.api()
+    for item in api.cluster.resources.get(type="vm"):
         if int(item["vmid"]) == vmid and item["type"] == kind:
-            return f"{item['status']} on {item['node']}"
+            now = getattr(api.nodes(item["node"]), kind)(vmid).status.current.get()
+            return f"{now['status']} on {item['node']}"
     return "absent"
 
 
