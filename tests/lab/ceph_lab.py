@@ -880,7 +880,31 @@ class CephLab:
         with site.rados(connect_timeout=5) as cluster:
             if not self._io_ready(self._status_json(cluster)):
                 return False
+            if not self._rbd_support_ready(site, cluster):
+                return False
         return self.daemon_health(site.name) == "OK"
+
+    def _rbd_support_ready(self, site: CephSite, cluster: Any) -> bool:
+        """Tell whether the mgr's rbd_support answers (snapshot schedules need it).
+
+        Raises LabError when the mgr's health says it failed to load (on 18.2.7 without
+        the bcrypt stand-in: MGR_MODULE_DEPENDENCY, see ceph_release), which the lean
+        mgr's muted module errors would otherwise hide.
+        """
+        cmd = {"prefix": "rbd mirror snapshot schedule list", "level_spec": f"{site.pool}/"}
+        ret, _out, _err = cluster.mgr_command(json.dumps(cmd), b"", timeout=10)
+        if ret == 0:
+            return True
+        health = json.loads(
+            self._mon_cmd(cluster, {"prefix": "health", "detail": "detail", "format": "json"})
+        )
+        # MGR_MODULE_DEPENDENCY ("has failed dependency") or MGR_MODULE_ERROR
+        for check in health.get("checks", {}).values():
+            for item in check.get("detail", []):
+                message = str(item.get("message", ""))
+                if "rbd_support" in message:
+                    raise LabError(f"{site.name}: ceph-mgr cannot load rbd_support: {message}")
+        return False
 
     def _wait_site_ready(self, site: CephSite, deadline: float) -> None:
         def ready() -> bool:
