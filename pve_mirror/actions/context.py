@@ -139,6 +139,13 @@ class SiteContext:
         """Give the guest named on the command line (``vm``/``ct`` or qemu/lxc)."""
         return self.root.guest(KINDS.get(kind, kind), vmid)  # type: ignore[arg-type]
 
+    def guests(self, kind: str, vmids: list[int]) -> list[GuestRef]:
+        """Give the guests named on the command line, from one scan of the nodes.
+
+        Raises NotFoundError naming the first one that does not exist.
+        """
+        return self.root.guests_named(KINDS.get(kind, kind), vmids)  # type: ignore[arg-type]
+
     def disks(self, ref: GuestRef) -> tuple[list[MirroredDisk], list[GuestDisk]]:
         """Give the guest's RBD disks (each image once) and the disks that cannot be mirrored.
 

@@ -7,28 +7,26 @@ picks up a disk added to a guest later.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pve_mirror.actions.context import MirroredDisk, SiteContext
-from pve_mirror.ceph import mirror, pool, schedule
-from pve_mirror.ceph.cluster import Cluster
-from pve_mirror.ceph.imagespec import ImageSpec
+from pve_mirror.actions.mirror_facts import MirrorFacts
+from pve_mirror.actions.mirror_steps import StepFunctions
+from pve_mirror.ceph import pool, schedule
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
-from pve_mirror.engine.plan import Plan, Step, step
-from pve_mirror.errors import CephError, PolicyError, PveMirrorError
+from pve_mirror.engine.plan import Plan, step
+from pve_mirror.errors import PolicyError, PveMirrorError
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, check_mode, parse_mode
 from pve_mirror.pve.disks import GuestDisk
 from pve_mirror.pve.root import GuestRef
-from pve_mirror.pve.siteconfig import GuestEntry, guest_id, load_site_config, parse_guest_id
-from pve_mirror.pve.storage import RbdStorage
+from pve_mirror.pve.siteconfig import GuestEntry, guest_id
+
+__all__ = ["StepFunctions", "plan_disable", "plan_enable", "run_plan"]
 
 DEFAULT_SCHEDULE = "5m"
 # Phases of the enable plan: parents before clones, images before schedules.
 PHASE_PARENT, PHASE_IMAGE, PHASE_SCHEDULE, PHASE_RECORD = 1, 2, 3, 4
-PURGE_DEADLINE = 120.0
 
 
 @dataclass
@@ -83,16 +81,30 @@ def plan_enable(ctx: SiteContext, refs: list[GuestRef], options: EnableOptions) 
     names = " ".join(guest_prefix(r) for r in refs)
     plan = Plan("enable", f"enable mirroring of {names}")
     report = PlanReport(plan)
-    checked_pools: set[tuple[str, str]] = set()
+    resolved: dict[GuestRef, tuple[list[MirroredDisk], list[GuestDisk]]] = {}
     for ref in refs:
+        try:
+            resolved[ref] = ctx.disks(ref)
+        except PveMirrorError as exc:
+            if not options.keep_going:
+                raise
+            report.problems.append(f"{guest_prefix(ref)}: {exc}")
+    # Every image, parent and schedule is read here, a few calls per pool.
+    facts = MirrorFacts(ctx)
+    disks = [item for mirrored, _others in resolved.values() for item in mirrored]
+    facts.load(disks)
+    facts.load_peer(item.spec for item in disks if _not_enabled(facts, ctx, item))
+    checked_pools: set[tuple[str, str]] = set()
+    for ref, (mirrored, others) in resolved.items():
+        guest = _Guest(ref, mirrored, others)
         if not options.keep_going:
-            _plan_guest(ctx, plan, report, ref, options, checked_pools)
+            _plan_guest(ctx, facts, plan, report, guest, options, checked_pools)
             continue
         try:
-            if _runs_at_peer(ctx, ref):
+            if _runs_at_peer(ctx, facts, mirrored):
                 plan.notes.append(f"{guest_prefix(ref)} runs at the peer site: skipped")
                 continue
-            _plan_guest(ctx, plan, report, ref, options, checked_pools)
+            _plan_guest(ctx, facts, plan, report, guest, options, checked_pools)
         except PveMirrorError as exc:
             report.problems.append(f"{guest_prefix(ref)}: {exc}")
     for row in report.skipped_disks:
@@ -102,11 +114,25 @@ def plan_enable(ctx: SiteContext, refs: list[GuestRef], options: EnableOptions) 
     return report
 
 
-def _runs_at_peer(ctx: SiteContext, ref: GuestRef) -> bool:
+@dataclass(frozen=True)
+class _Guest:
+    ref: GuestRef
+    disks: list[MirroredDisk]
+    others: list[GuestDisk]
+
+
+def _not_enabled(facts: MirrorFacts, ctx: SiteContext, item: MirroredDisk) -> bool:
+    """Tell whether the disk's image exists and is not mirrored (a peer check is due)."""
+    try:
+        return facts.info(ctx.local(item.storage), item.spec).state != "enabled"
+    except PveMirrorError:
+        return False  # planning reports it
+
+
+def _runs_at_peer(ctx: SiteContext, facts: MirrorFacts, disks: list[MirroredDisk]) -> bool:
     """Tell whether the guest's mirrored disks are non-primary here (it was failed over)."""
-    disks, _others = ctx.disks(ref)
     for item in disks:
-        info = mirror.mirror_info(ctx.local(item.storage), item.spec)
+        info = facts.info(ctx.local(item.storage), item.spec)
         if info.state == "enabled" and not info.primary:
             return True
     return False
@@ -114,18 +140,19 @@ def _runs_at_peer(ctx: SiteContext, ref: GuestRef) -> bool:
 
 def _plan_guest(
     ctx: SiteContext,
+    facts: MirrorFacts,
     plan: Plan,
     report: PlanReport,
-    ref: GuestRef,
+    guest: _Guest,
     options: EnableOptions,
     checked_pools: set[tuple[str, str]],
 ) -> None:
     """Add the steps of one guest to ``plan``; raises PveMirrorError like plan_enable."""
+    ref, disks, others = guest.ref, guest.disks, guest.others
     entry = ctx.site.guest(ref.kind, ref.vmid)
     mode: MirrorMode = parse_mode(options.mode or (entry.mode if entry else None) or DEFAULT_MODE)
     interval = options.schedule or (entry.schedule if entry else None) or DEFAULT_SCHEDULE
     schedule.parse_interval(interval)
-    disks, others = ctx.disks(ref)
     skipped = _unmirrorable(ref, others)
     if skipped and options.strict:
         first = skipped[0]
@@ -137,7 +164,7 @@ def _plan_guest(
     for item in disks:
         check_mode(item.disk, mode)
     for item in disks:
-        _plan_disk(ctx, plan, item, mode, interval, checked_pools)
+        _plan_disk(ctx, facts, plan, item, mode, interval, checked_pools)
     wanted = GuestEntry(
         ref.kind,
         ref.vmid,
@@ -176,6 +203,7 @@ def _check_pool(ctx: SiteContext, item: MirroredDisk, checked: set[tuple[str, st
 
 def _plan_disk(
     ctx: SiteContext,
+    facts: MirrorFacts,
     plan: Plan,
     item: MirroredDisk,
     mode: MirrorMode,
@@ -186,8 +214,8 @@ def _plan_disk(
     cluster = ctx.local(item.storage)
     group = guest_prefix(item.guest)
     parent = item.disk.parent
-    if parent is not None:
-        parent_info = mirror.mirror_info(cluster, parent)
+    if parent is not None and not plan.has(f"enable-image:{parent}"):
+        parent_info = facts.info(cluster, parent)
         if parent_info.state == "disabled":
             plan.add(
                 step(
@@ -202,7 +230,7 @@ def _plan_disk(
                     mode="snapshot",
                 )
             )
-    info = mirror.mirror_info(cluster, item.spec)
+    info = facts.info(cluster, item.spec)
     if info.state == "enabled" and not info.primary:
         raise PolicyError(
             f"{item.label} ({item.spec}) is not primary on {ctx.site.local_name}: "
@@ -214,22 +242,20 @@ def _plan_disk(
             f"disable it first to switch to {mode}"
         )
     if info.state != "enabled":
-        _check_peer_leftover(ctx, item)
-        plan.add(
-            step(
-                "enable-image",
-                PHASE_IMAGE,
-                str(item.spec),
-                group,
-                f"enable {mode} mirroring of {item.spec} ({item.label})",
-                storage=item.storage.storeid,
-                image=str(item.spec),
-                mode=mode,
-            )
-        )
-    if mode == "snapshot" and (
-        info.state != "enabled" or interval not in schedule.list_schedules(cluster, item.spec)
-    ):
+        _check_peer_leftover(ctx, facts, item)
+        # The schedule goes with the enable: rbd_support adds schedules one at a time,
+        # and the other images are enabled meanwhile.
+        what = f"enable {mode} mirroring of {item.spec} ({item.label})"
+        storeid, image = item.storage.storeid, str(item.spec)
+        if mode == "snapshot":
+            what += f", a mirror snapshot every {interval}"
+            new = step("enable-image", PHASE_IMAGE, image, group, what,
+                       storage=storeid, image=image, mode=mode, interval=interval)  # fmt: skip
+        else:
+            new = step("enable-image", PHASE_IMAGE, image, group, what,
+                       storage=storeid, image=image, mode=mode)  # fmt: skip
+        plan.add(new)
+    elif mode == "snapshot" and interval not in facts.schedules(cluster, item.spec):
         plan.add(
             step(
                 "schedule",
@@ -244,16 +270,12 @@ def _plan_disk(
         )
 
 
-def _check_peer_leftover(ctx: SiteContext, item: MirroredDisk) -> None:
-    """Refuse when the peer holds an unmirrored image of the same name (rbd-mirror would fail)."""
-    try:
-        peer = ctx.peer()
-    except PveMirrorError:
-        return  # the peer is checked again by 'status'; enabling is local
-    if not mirror.image_exists(peer, item.spec):
-        return
-    info = mirror.mirror_info(peer, item.spec)
-    if info.state == "disabled":
+def _check_peer_leftover(ctx: SiteContext, facts: MirrorFacts, item: MirroredDisk) -> None:
+    """Refuse when the peer holds an unmirrored image of the same name (rbd-mirror would fail).
+
+    An unreachable peer is no reason to refuse: it is checked again by ``status``.
+    """
+    if facts.peer_leftover(item.spec):
         raise PolicyError(
             f"{ctx.site.peer().name} already has an image {item.spec} that is not mirrored "
             f"(left by an earlier 'disable'?): remove or rename it there before enabling "
@@ -274,12 +296,14 @@ def plan_disable(ctx: SiteContext, refs: list[GuestRef], purge_peer: bool) -> Pl
         plan.notes.append("the peer's copies will be deleted by rbd-mirror (--purge-peer)")
     else:
         plan.notes.append("the peer's copies are kept as unmirrored images")
-    for ref in refs:
+    resolved = {ref: ctx.disks(ref)[0] for ref in refs}
+    facts = MirrorFacts(ctx)
+    facts.load([item for disks in resolved.values() for item in disks], schedules=False)
+    for ref, disks in resolved.items():
         group = guest_prefix(ref)
-        disks, _others = ctx.disks(ref)
         for item in disks:
             cluster = ctx.local(item.storage)
-            info = mirror.mirror_info(cluster, item.spec)
+            info = facts.info(cluster, item.spec)
             if info.state == "disabled":
                 continue
             if not info.primary:
@@ -339,101 +363,6 @@ def plan_disable(ctx: SiteContext, refs: list[GuestRef], purge_peer: bool) -> Pl
         if ctx.site.guest(ref.kind, ref.vmid) is not None:
             plan.add(step("unrecord", 5, group, group, f"remove {group} from pve-mirror.cfg"))
     return PlanReport(plan)
-
-
-class StepFunctions:
-    """The functions behind every step kind of the mirroring plans."""
-
-    def __init__(self, ctx: SiteContext) -> None:
-        self.ctx = ctx
-        self.config_lock = threading.Lock()
-
-    def table(self) -> dict[str, Callable[[Step], str]]:
-        """Give kind -> function."""
-        return {
-            "enable-image": self.enable_image,
-            "schedule": self.add_schedule,
-            "record": self.record,
-            "unschedule": self.unschedule,
-            "detach-peer": self.detach_peer,
-            "disable-image": self.disable_image,
-            "wait-peer-gone": self.wait_peer_gone,
-            "unrecord": self.unrecord,
-        }
-
-    def _local(self, item: Step) -> tuple[Cluster, ImageSpec]:
-        storage = self.ctx.root.storage_config().get(item.param("storage"))
-        if not isinstance(storage, RbdStorage):
-            raise CephError(f"storage {item.param('storage')} is no longer an RBD storage")
-        return self.ctx.local(storage), ImageSpec.parse(item.param("image"))
-
-    def enable_image(self, item: Step) -> str:
-        cluster, spec = self._local(item)
-        return mirror.enable(cluster, spec, item.param("mode"))
-
-    def add_schedule(self, item: Step) -> str:
-        cluster, spec = self._local(item)
-        return schedule.add_schedule(cluster, spec, item.param("interval"))
-
-    def unschedule(self, item: Step) -> str:
-        cluster, spec = self._local(item)
-        return schedule.remove_schedules(cluster, spec)
-
-    def detach_peer(self, item: Step) -> str:
-        spec = ImageSpec.parse(item.param("image"))
-        peer = self.ctx.peer()
-        if not mirror.image_exists(peer, spec):
-            return "no copy on the peer"
-        info = mirror.mirror_info(peer, spec)
-        if info.state == "disabled":
-            return "peer copy already detached"
-        if info.primary:
-            raise PolicyError(f"{spec} is primary on the peer too (split-brain): resolve it first")
-        return "peer copy kept: " + mirror.disable(peer, spec, force=True)
-
-    def disable_image(self, item: Step) -> str:
-        cluster, spec = self._local(item)
-        return mirror.disable(cluster, spec)
-
-    def wait_peer_gone(self, item: Step) -> str:
-        spec = ImageSpec.parse(item.param("image"))
-        peer = self.ctx.peer()
-        deadline = time.monotonic() + PURGE_DEADLINE
-        delay = 0.2
-        while mirror.image_exists(peer, spec):
-            if time.monotonic() > deadline:
-                raise CephError(f"the peer still has {spec} after {PURGE_DEADLINE:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        return "peer copy deleted"
-
-    def record(self, item: Step) -> str:
-        kind, vmid = parse_guest_id(item.group)
-        with self.config_lock:
-            site = load_site_config(self.ctx.root.path)
-            old = site.guest(kind, vmid)
-            entry = GuestEntry(
-                kind,
-                vmid,
-                parse_mode(item.param("mode")),
-                item.param("schedule") or None,
-                old.order if old else None,
-                old.group if old else None,
-                True,
-            )
-            site.set_guest(entry)
-            site.save()
-            self.ctx.site = site
-        return "recorded"
-
-    def unrecord(self, item: Step) -> str:
-        kind, vmid = parse_guest_id(item.group)
-        with self.config_lock:
-            site = load_site_config(self.ctx.root.path)
-            removed = site.remove_guest(kind, vmid)
-            site.save()
-            self.ctx.site = site
-        return "removed" if removed else "not recorded"
 
 
 def run_plan(

@@ -76,6 +76,27 @@ def add_schedule(cluster: Cluster, spec: ImageSpec, interval: str) -> str:
     return f"schedule {interval} added"
 
 
+def add_schedule_once(cluster: Cluster, spec: ImageSpec, interval: str) -> str:
+    """Schedule mirror snapshots of the image every ``interval``: one mgr command.
+
+    rbd_support keeps a set of intervals per level, so adding one that is already
+    there changes nothing. Unlike :func:`add_schedule` this does not list the pool's
+    schedules first: on a pool of a thousand scheduled images that listing costs as
+    much as the add, and every add already costs rbd_support a pass over all of them.
+    Raises UsageError for a bad interval, CephError with the mgr's message.
+    """
+    parse_interval(interval)
+    cluster.mgr_command(
+        {
+            "prefix": "rbd mirror snapshot schedule add",
+            "level_spec": level_spec(spec),
+            "interval": interval,
+        },
+        f"add mirror snapshot schedule {interval} to {spec}",
+    )
+    return f"schedule {interval} added"
+
+
 def remove_schedules(cluster: Cluster, spec: ImageSpec) -> str:
     """Remove every schedule at the image's level; a no-op if there is none."""
     intervals = list_schedules(cluster, spec)

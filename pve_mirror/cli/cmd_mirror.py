@@ -86,7 +86,7 @@ def register(
 
 
 def _refs(ctx: SiteContext, args: argparse.Namespace) -> list[GuestRef]:
-    return [ctx.guest(args.guest_type, vmid) for vmid in args.vmids]
+    return ctx.guests(args.guest_type, args.vmids)
 
 
 def _enable(args: argparse.Namespace) -> CommandResult:
@@ -99,6 +99,7 @@ def _enable(args: argparse.Namespace) -> CommandResult:
             lambda progress: mirroring.run_plan(ctx, report, progress),
             extra={"not_mirrored": report.skipped_disks},
             warnings=ctx.warnings,
+            output_format=args.output_format,
         )
 
 
@@ -110,6 +111,7 @@ def _disable(args: argparse.Namespace) -> CommandResult:
             args.dry_run,
             lambda progress: mirroring.run_plan(ctx, report, progress),
             warnings=ctx.warnings,
+            output_format=args.output_format,
         )
 
 
@@ -124,6 +126,7 @@ def _reconcile(args: argparse.Namespace) -> CommandResult:
             args.dry_run,
             lambda progress: mirroring.run_plan(ctx, report, progress),
             warnings=ctx.warnings + report.problems,
+            output_format=args.output_format,
         )
         if report.problems and result.exit_code == 0:
             result.exit_code = 1  # the timer's unit shows that a guest needs attention

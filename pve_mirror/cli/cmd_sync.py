@@ -9,6 +9,7 @@ from typing import Any
 
 from pve_mirror.actions import staging, sync
 from pve_mirror.cli.common import CommandResult
+from pve_mirror.cli.planrun import TerminalProgress, progress_to_stderr
 from pve_mirror.pve.siteconfig import load_site_config
 
 PVE_ROOT = Path("/etc/pve")
@@ -63,10 +64,16 @@ def _sync(args: argparse.Namespace) -> CommandResult:
         return CommandResult(
             {"dry_run": True, **planned.to_dict()}, text=_plan_text, warnings=planned.warnings
         )
-    quiet = args.output_format != "text"
-    result = sync.run_sync(
-        planned, progress=None if quiet else lambda line: print(line, file=sys.stderr)
-    )
+    if args.output_format != "text":
+        result = sync.run_sync(planned)
+    elif sys.stderr.isatty():
+        terminal = TerminalProgress(sys.stderr)
+        try:
+            result = sync.run_sync(planned, progress=terminal)
+        finally:
+            terminal.close()
+    else:
+        result = sync.run_sync(planned, progress=progress_to_stderr)
     warnings = list(planned.warnings)
     warnings += [
         f"{o.step.description}: {o.detail}" for o in result.outcomes if o.status == "failed"

@@ -83,12 +83,21 @@ class Plan:
     title: str
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The ids of ``steps``, so that planning 1,000 steps is not quadratic.
+    _ids: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def has(self, step_id: str) -> bool:
+        """Tell whether a step with that id is planned."""
+        if len(self._ids) != len(self.steps):
+            self._ids = {s.id for s in self.steps}
+        return step_id in self._ids
 
     def add(self, new: Step) -> None:
         """Append ``new``; raises ValueError if a step with its id is already planned."""
-        if any(s.id == new.id for s in self.steps):
+        if self.has(new.id):
             raise ValueError(f"step {new.id} planned twice")
         self.steps.append(new)
+        self._ids.add(new.id)
 
     def phases(self) -> list[list[Step]]:
         """Give the steps grouped by phase, in phase order, keeping plan order within one."""

@@ -7,6 +7,7 @@ Guests are found as ``nodes/<node>/qemu-server/<vmid>.conf`` (VMs) and
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,16 +91,26 @@ class ConfigRoot:
 
     def guest(self, kind: GuestType, vmid: int) -> GuestRef:
         """Give the guest ``vmid`` of type ``kind``; raises NotFoundError if there is none."""
-        for ref in self.guests():
-            if ref.vmid != vmid:
-                continue
-            if ref.kind == kind:
-                return ref
-            raise NotFoundError(
-                f"no {LABELS[kind]} {vmid} in {self.path}/nodes/*/{CONFIG_DIRS[kind]} "
-                f"({vmid} is a {'container' if ref.kind == 'lxc' else 'VM'} on {ref.node})"
-            )
-        raise NotFoundError(f"no {LABELS[kind]} {vmid} in {self.path}/nodes/*/{CONFIG_DIRS[kind]}")
+        return self.guests_named(kind, [vmid])[0]
+
+    def guests_named(self, kind: GuestType, vmids: Iterable[int]) -> list[GuestRef]:
+        """Give the guests ``vmids`` of type ``kind``, in that order, from one scan of
+        the nodes; raises NotFoundError naming the first one missing (or of the other
+        type)."""
+        by_vmid = {ref.vmid: ref for ref in self.guests()}
+        out = []
+        for vmid in vmids:
+            ref = by_vmid.get(vmid)
+            where = f"{self.path}/nodes/*/{CONFIG_DIRS[kind]}"
+            if ref is None:
+                raise NotFoundError(f"no {LABELS[kind]} {vmid} in {where}")
+            if ref.kind != kind:
+                raise NotFoundError(
+                    f"no {LABELS[kind]} {vmid} in {where} "
+                    f"({vmid} is a {'container' if ref.kind == 'lxc' else 'VM'} on {ref.node})"
+                )
+            out.append(ref)
+        return out
 
     def storage_config(self) -> StorageConfig:
         """Give ``storage.cfg`` (read once)."""
