@@ -91,7 +91,7 @@ one_suite() { # one_suite SUITE [COMMAND...]
         echo "cleaning up a previous run's root"
         KEEP=0 teardown_root || die "cannot clean up the previous root $ROOT"
     fi
-    rm -rf "$LAB"/* 2>/dev/null || true
+    rm -rf "${LAB:?}"/* 2>/dev/null || true
 
     timed root make_root
     timed mounts mount_root
@@ -140,6 +140,7 @@ one_cleanup() {
 # The Debian mirror the host uses (whatever its sources format), else deb.debian.org.
 host_mirror() {
     local site
+    # shellcheck disable=SC2016 # apt's own $(FIELD) syntax, not the shell's
     site=$(apt-get indextargets --format '$(SITE) $(RELEASE)' 'Identifier: Packages' 2>/dev/null |
         awk '$2 !~ /security|updates|backports/ && $1 ~ /debian$/ { print $1; exit }')
     echo "${site:-http://deb.debian.org/debian}"
@@ -151,9 +152,12 @@ make_root() {
         apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
     }
     MIRROR=$(host_mirror)
-    local script=$SUITE key tarball
+    local script=$SUITE key tarball extra=()
     # bookworm's debootstrap knows no forky; forky bootstraps like sid.
-    [ -e "/usr/share/debootstrap/scripts/$SUITE" ] || script=/usr/share/debootstrap/scripts/sid
+    if [ ! -e "/usr/share/debootstrap/scripts/$SUITE" ]; then
+        script=/usr/share/debootstrap/scripts/sid
+        extra=("$script")
+    fi
     key=$(printf '%s %s %s' "$SUITE" "$MIRROR" "$script" | md5sum | cut -c1-8)
     tarball="$CACHE/$SUITE-minbase-$key.tar.gz"
     mkdir -p "$CACHE"
@@ -163,8 +167,8 @@ make_root() {
         echo "debootstrap $SUITE from $MIRROR"
         local fresh="$WORK/bootstrap"
         rm -rf "$fresh"
-        debootstrap --variant=minbase "$SUITE" "$fresh" "$MIRROR" \
-            $([ "$script" = "$SUITE" ] || echo "$script") >"$WORK/debootstrap.log" 2>&1 || {
+        debootstrap --variant=minbase "$SUITE" "$fresh" "$MIRROR" "${extra[@]}" \
+            >"$WORK/debootstrap.log" 2>&1 || {
             tail -30 "$WORK/debootstrap.log"
             die "debootstrap $SUITE failed (log: $WORK/debootstrap.log)"
         }
@@ -239,15 +243,15 @@ wait_no_root_pids() { # wait_no_root_pids SECONDS: until no process runs in the 
 }
 
 teardown_root() {
-    local pids i m
-    pids=$(root_pids)
-    if [ -n "$pids" ]; then
-        echo "ending processes left in the root: $(echo $pids)"
-        kill -TERM $pids 2>/dev/null
+    local pids=() i m
+    mapfile -t pids < <(root_pids)
+    if [ ${#pids[@]} -gt 0 ]; then
+        echo "ending processes left in the root: ${pids[*]}"
+        kill -TERM "${pids[@]}" 2>/dev/null
         if ! wait_no_root_pids 10; then
-            pids=$(root_pids)
-            echo "still running after SIGTERM, sending SIGKILL: $(echo $pids)"
-            kill -KILL $pids 2>/dev/null
+            mapfile -t pids < <(root_pids)
+            echo "still running after SIGTERM, sending SIGKILL: ${pids[*]}"
+            kill -KILL "${pids[@]}" 2>/dev/null
             wait_no_root_pids 10 || echo "ceph-matrix: processes survive SIGKILL: $(root_pids)" >&2
         fi
     fi
@@ -278,6 +282,7 @@ in_root() {
 }
 
 in_root_repo() { # in_root_repo COMMAND...: in the root, in the repo
+    # shellcheck disable=SC2016 # expanded by the shell in the root
     in_root /bin/sh -c 'cd "$0" && exec "$@"' "$REPO" "$@"
 }
 
