@@ -1,5 +1,6 @@
 #!/bin/bash
-# Installs what pve-mirror's tests and demo need on a fresh Debian bookworm machine:
+# Installs what pve-mirror's tests and demo need on a fresh Debian machine (bookworm, or
+# the trixie and forky roots of .ci/ceph-matrix.sh):
 # the Debian packages (apt-get, only those missing) and a virtualenv in .venv that
 # sees the system's rados/rbd/proxmoxer (--system-site-packages) plus the test tools.
 # VENV=DIR puts the virtualenv elsewhere (.ci/ceph-matrix.sh: one per Debian root, so
