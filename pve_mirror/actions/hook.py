@@ -23,24 +23,23 @@ Ceph adapters, nothing of the API clients.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pve_mirror.ceph.access import ClusterAccess
-from pve_mirror.ceph.cluster import connected
-from pve_mirror.ceph.mirror import SNAPSHOT, create_snapshot, mirror_info
-from pve_mirror.errors import ConfigError, NotFoundError, PveMirrorError
-from pve_mirror.pve.disks import GuestDisk, resolve_guest_disks
-from pve_mirror.pve.guestconfig import GuestConfig
-from pve_mirror.pve.root import CONFIG_DIRS, ConfigRoot, GuestRef, GuestType
-from pve_mirror.pve.storage import RbdStorage, StorageConfig
+from pve_mirror.actions.hook_check import (
+    HookOutcome,
+    cluster_groups,
+    find_guest,
+    post_stop,
+    pre_start,
+    started_disks,
+)
+from pve_mirror.errors import ConfigError, PveMirrorError
+from pve_mirror.pve.root import ConfigRoot
+from pve_mirror.pve.storage import StorageConfig
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["HookOutcome", "cluster_groups", "find_guest", "run_hook", "started_disks"]
 
 # The engine (threads, journal) and subprocess handling are imported where they are
 # used: a guest start pays for neither unless a hookscript is chained.
@@ -50,6 +49,8 @@ PHASES = ("pre-start", "post-start", "pre-stop", "post-stop")
 CHAIN_DIR = Path("pve-mirror") / "hooks"
 PYTHON = "/usr/bin/python3"
 HOOK_MODULE = "pve_mirror.hookscript"
+# What the snippet runs: the hookscript's main, with the snippet's arguments.
+BOOTSTRAP = f"from {HOOK_MODULE} import run; run()"
 DEFAULT_ROOT = "/etc/pve"
 CONNECT_TIMEOUT = 10.0
 # A peer that does not answer within this is taken as down (its outage is the disaster).
@@ -58,10 +59,10 @@ CHAIN_TIMEOUT = 600.0
 CONFIG_MODE = 0o640
 # Where Debian's python3 finds packages without help.
 _SYSTEM_PATHS = ("/usr/lib/python3/", "/usr/local/lib/python3")
+# Where Debian installs python3 packages: python3-rados, python3-rbd, pve-mirror.
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 _VMID = re.compile(r"[1-9]\d{2,8}", re.ASCII)
 _SNIPPET_VOLID = re.compile(r"([a-z][a-z0-9\-_.]*[a-z0-9]):snippets/([^/\s]+)", re.ASCII)
-# Roles whose image a start does not write: detached disks and a snapshot's RAM state.
-_IDLE_ROLES = ("unused", "vmstate")
 
 
 # --- the snippet -----------------------------------------------------------------------
@@ -72,7 +73,8 @@ def snippet_text(root: str | None = None, pythonpath: str | None = None) -> str:
 
     Without ``root`` it reads ``$PVE_MIRROR_ROOT`` (default /etc/pve): the packaged
     ``hooks/pve-mirror-hook``. ``hook install`` pins the root it installs for, and
-    adds ``PYTHONPATH`` when pve_mirror is not where Debian's python3 looks.
+    puts ``pythonpath`` (where pve_mirror is when Debian's python3 would not find it)
+    before Debian's package directory on ``PYTHONPATH``.
     """
     lines = [
         "#!/bin/sh",
@@ -86,9 +88,15 @@ def snippet_text(root: str | None = None, pythonpath: str | None = None) -> str:
     else:
         lines.append(f"PVE_MIRROR_ROOT={shlex.quote(root)}")
     lines.append("export PVE_MIRROR_ROOT")
-    if pythonpath is not None:
-        lines += [f"PYTHONPATH={shlex.quote(pythonpath)}", "export PYTHONPATH"]
-    lines.append(f'exec {PYTHON} -m {HOOK_MODULE} "$@"')
+    path = f"{pythonpath}:{DIST_PACKAGES}" if pythonpath is not None else DIST_PACKAGES
+    lines += [
+        f"PYTHONPATH={shlex.quote(path)}",
+        "export PYTHONPATH",
+        "# -S: without the site module (its .pth files cost a start more than the check",
+        "# itself); the Debian packages' directory is on PYTHONPATH instead. -c, not -m:",
+        "# runpy is not loaded either.",
+        f'exec {PYTHON} -S -c {shlex.quote(BOOTSTRAP)} "$@"',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -132,22 +140,13 @@ def snippet_path(storages: StorageConfig, volid: str) -> Path:
 # --- running the hook ------------------------------------------------------------------
 
 
-@dataclass
-class HookOutcome:
-    """What the hook prints and its exit code."""
-
-    exit_code: int = 0
-    output: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    # The chained hookscript's own stderr, passed on as it is.
-    chained_stderr: list[str] = field(default_factory=list)
-
-
-def run_hook(root: Path, vmid_text: str, phase: str) -> HookOutcome:
+def run_hook(root: Path, vmid_text: str, phase: str, *, exiting: bool = False) -> HookOutcome:
     """Run the hook for one guest and phase; give its exit code and lines.
 
-    Never raises a PveMirrorError: at pre-start every error refuses the start (fail
-    closed), at other phases it is a warning.
+    ``exiting``: the process ends right after, so the pre-start check leaves its
+    cluster connections to the process exit instead of shutting them down. Never
+    raises a PveMirrorError: at pre-start every error refuses the start (fail closed),
+    at other phases it is a warning.
     """
     outcome = HookOutcome()
     if not _VMID.fullmatch(vmid_text):
@@ -162,9 +161,9 @@ def run_hook(root: Path, vmid_text: str, phase: str) -> HookOutcome:
         if outcome.exit_code:
             return outcome
         if phase == "pre-start":
-            _pre_start(root, vmid, outcome)
+            pre_start(root, vmid, outcome, CONNECT_TIMEOUT, PEER_TIMEOUT, close=not exiting)
         elif phase == "post-stop":
-            _post_stop(root, vmid, outcome)
+            post_stop(root, vmid, outcome, CONNECT_TIMEOUT)
     except PveMirrorError as exc:
         if phase == "pre-start":
             outcome.exit_code = 1
@@ -198,157 +197,3 @@ def _run_chained(root: Path, vmid: int, phase: str, outcome: HookOutcome) -> Non
             outcome.errors.append(f"VMID {vmid}: refusing to start: {message}")
         else:
             outcome.errors.append(f"warning: VMID {vmid}: {message}")
-
-
-def find_guest(root: Path, vmid: int) -> GuestRef:
-    """Give the guest ``vmid`` by looking only at its own file names on each node.
-
-    Raises NotFoundError if no node has it.
-    """
-    nodes = root / "nodes"
-    try:
-        names = sorted(os.listdir(nodes))
-    except OSError as exc:
-        raise NotFoundError(f"{root} is not a PVE config root (no nodes/ directory)") from exc
-    kinds: tuple[GuestType, ...] = ("qemu", "lxc")
-    for node in names:
-        for kind in kinds:
-            path = nodes / node / CONFIG_DIRS[kind] / f"{vmid}.conf"
-            if path.is_file():
-                return GuestRef(vmid, kind, node, path)
-    raise NotFoundError(f"no guest {vmid} in {root}/nodes (is PVE_MIRROR_ROOT right?)")
-
-
-def started_disks(root: Path, vmid: int) -> tuple[GuestRef, list[GuestDisk], StorageConfig]:
-    """Give the guest and the RBD disks a start uses (current and pending, not unused/vmstate).
-
-    Raises NotFoundError/ConfigError when the guest or a disk cannot be resolved.
-    """
-    config_root = ConfigRoot(root)
-    ref = find_guest(root, vmid)
-    config = config_root.read_guest(ref)
-    storages = config_root.storage_config()
-    disks = [
-        d
-        for d in resolve_guest_disks(ref, _current_only(config), storages, strict=True)
-        if d.mirrorable and d.spec is not None and d.role not in _IDLE_ROLES
-    ]
-    return ref, disks, storages
-
-
-def _current_only(config: GuestConfig) -> GuestConfig:
-    """Give the config without its snapshots: the current one and the pending changes
-    (a VM start applies them)."""
-    sections = [config.main]
-    if config.pending is not None:
-        sections.append(config.pending)
-    return GuestConfig(config.kind, config.path, sections, list(config.errors))
-
-
-def cluster_groups(
-    disks: list[GuestDisk], storages: StorageConfig, root: Path
-) -> list[tuple[ClusterAccess, list[GuestDisk]]]:
-    """Group disks by Ceph cluster (same monitors or conf, same user): one connection each."""
-    groups: dict[tuple[str, str], tuple[ClusterAccess, list[GuestDisk]]] = {}
-    for disk in disks:
-        storage = storages.get(disk.storage or "")
-        if not isinstance(storage, RbdStorage):
-            continue
-        connection = storage.connection(root)
-        key = (connection.mon_host or str(connection.conf_file), connection.client_id)
-        if key not in groups:
-            access = connection.access(storage.storeid).with_mount_timeout(CONNECT_TIMEOUT)
-            groups[key] = (access, [])
-        groups[key][1].append(disk)
-    return list(groups.values())
-
-
-def _pre_start(root: Path, vmid: int, outcome: HookOutcome) -> None:
-    ref, disks, storages = started_disks(root, vmid)
-    blocked: list[str] = []
-    primary_here: list[GuestDisk] = []
-    for access, group in cluster_groups(disks, storages, root):
-        with connected(access, CONNECT_TIMEOUT) as cluster:
-            for disk in group:
-                assert disk.spec is not None
-                info = mirror_info(cluster, disk.spec)
-                if info.state != "disabled" and not info.primary:
-                    blocked.append(f"{disk.key} ({disk.spec})")
-                elif info.state != "disabled":
-                    primary_here.append(disk)
-    if blocked:
-        outcome.exit_code = 1
-        disks_text = ", ".join(blocked)
-        outcome.errors.append(
-            f"{ref.label}: refusing to start: mirrored disk {disks_text} is not primary "
-            "at this site (fail over with 'pve-mirror failover' first, or start it on the "
-            "primary site)"
-        )
-        return
-    if primary_here:
-        _check_peer_not_primary(root, ref, primary_here, outcome)
-
-
-def _check_peer_not_primary(
-    root: Path, ref: GuestRef, disks: list[GuestDisk], outcome: HookOutcome
-) -> None:
-    """Refuse when the peer's copy is primary too (this site was failed away from by force).
-
-    A peer that does not answer cannot be asked: the start goes on with a warning, as
-    the peer being down is when this site must be able to start its guests.
-    """
-    from pve_mirror.pve.siteconfig import load_site_config
-
-    try:
-        peer = load_site_config(root, required=True).peer()
-        access = peer.ceph_access(root)
-    except PveMirrorError:
-        return  # no peer configured: nothing to compare with
-    if (root / "pve-mirror" / f"fence-{peer.name}.json").exists():
-        return  # a forced failover recorded the peer as lost and to be fenced
-    access = access.with_mount_timeout(PEER_TIMEOUT)
-    both = []
-    try:
-        with connected(access, PEER_TIMEOUT) as cluster:
-            for disk in disks:
-                assert disk.spec is not None
-                try:
-                    info = mirror_info(cluster, disk.spec)
-                except NotFoundError:
-                    continue
-                if info.state != "disabled" and info.primary:
-                    both.append(f"{disk.key} ({disk.spec})")
-    except PveMirrorError:
-        outcome.output.append(
-            f"warning: {ref.label}: peer site {peer.name} does not answer; "
-            "cannot rule out that it runs this guest"
-        )
-        return
-    if both:
-        outcome.exit_code = 1
-        outcome.errors.append(
-            f"{ref.label}: refusing to start: disk {', '.join(both)} is primary at "
-            f"{peer.name} too (a forced failover moved the guest there); run "
-            "'pve-mirror failback' on this site"
-        )
-
-
-def _post_stop(root: Path, vmid: int, outcome: HookOutcome) -> None:
-    ref, disks, storages = started_disks(root, vmid)
-    for access, group in cluster_groups(disks, storages, root):
-        try:
-            with connected(access, CONNECT_TIMEOUT) as cluster:
-                for disk in group:
-                    assert disk.spec is not None
-                    try:
-                        info = mirror_info(cluster, disk.spec)
-                        if info.state == "enabled" and info.mode == SNAPSHOT and info.primary:
-                            snap_id = create_snapshot(cluster, disk.spec)
-                            outcome.output.append(
-                                f"pve-mirror: {ref.label} {disk.key}: mirror snapshot "
-                                f"{snap_id} of {disk.spec}"
-                            )
-                    except PveMirrorError as exc:
-                        outcome.errors.append(f"warning: {ref.label} {disk.key}: {exc}")
-        except PveMirrorError as exc:
-            outcome.errors.append(f"warning: {ref.label}: {exc}")

@@ -31,12 +31,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.errors import ConfigError, NotFoundError
-from pve_mirror.files import write_atomic
 from pve_mirror.policy import DEFAULT_MODE, MirrorMode, parse_mode
-from pve_mirror.pve.api import HttpsEndpoint
 from pve_mirror.pve.root import GuestType
 from pve_mirror.pve.sectionconfig import (
     Prop,
@@ -50,6 +49,11 @@ from pve_mirror.pve.sectionconfig import (
     valid_section_id,
 )
 from pve_mirror.pve.storage import decode_config
+
+if TYPE_CHECKING:
+    # The API client and the file writer load late: the guest hook reads this file on
+    # every guest start and needs neither.
+    from pve_mirror.pve.api import HttpsEndpoint
 
 SITE_CFG = "pve-mirror.cfg"
 PRIV_DIR = Path("priv") / "pve-mirror"
@@ -168,6 +172,8 @@ class PeerSite:
             raise ConfigError(
                 f"peer site {self.name} has no api-url/api-token", str(root / SITE_CFG)
             )
+        from pve_mirror.pve.api import HttpsEndpoint
+
         files = self.files(root)
         ca = files["api-ca"] if files["api-ca"].is_file() else None
         return HttpsEndpoint(self.api_url, self.api_token, files["api-secret"], ca, self.api_verify)
@@ -229,6 +235,8 @@ class SiteConfig:
         sites = self._sections("site")
         if not sites or not sites[0].get("api-url") or not sites[0].get("api-token"):
             return None
+        from pve_mirror.pve.api import HttpsEndpoint
+
         base = root / PRIV_DIR
         name = sites[0].id
         ca = base / f"{name}.ca.pem"
@@ -351,6 +359,8 @@ class SiteConfig:
 
     def save(self) -> None:
         """Write the file atomically (temporary file + rename, as pmxcfs supports)."""
+        from pve_mirror.files import write_atomic
+
         write_atomic(self.path, self.render().encode("utf-8", "surrogateescape"))
 
 

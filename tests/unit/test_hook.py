@@ -117,7 +117,8 @@ def test_install_sets_hook_chains_and_is_idempotent(
     assert os.access(snippet, os.X_OK)
     text = snippet.read_text()
     assert f"PVE_MIRROR_ROOT={root}\n" in text
-    assert f"PYTHONPATH={REPO}\n" in text
+    assert f"PYTHONPATH={REPO}:/usr/lib/python3/dist-packages\n" in text
+    assert "exec /usr/bin/python3 -S -c 'from pve_mirror.hookscript import run; run()'" in text
     vm100 = root / "nodes/pve1/qemu-server/100.conf"
     lines = vm100.read_text().splitlines(keepends=True)
     assert "hookscript: local:snippets/pve-mirror-hook\n" in lines
