@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pve_mirror.actions.staging_policy import apply_policy, site_allow
 from pve_mirror.errors import (
     ConfigError,
     FileSystemError,
@@ -85,6 +86,7 @@ class StagedGuest:
     synced_at: str | None = None
     storages: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    stripped: list[str] = field(default_factory=list)  # removed by the content policy
 
     @property
     def ok(self) -> bool:
@@ -138,14 +140,18 @@ class StagedSet:
         raise NotFoundError(f"no staged config for VMID {vmid} from site {self.site}")
 
 
-def load_staged(root: Path, from_site: str) -> StagedSet:
+def load_staged(root: Path, from_site: str, allow: frozenset[str] | None = None) -> StagedSet:
     """Give the validated guest configs site ``from_site`` staged under ``root``.
 
+    Each config also passes the content policy (actions/staging_policy.py) with the
+    rules ``allow`` lets through (default: ``staging-allow`` of pve-mirror.cfg): a
+    refused key is a problem, a stripped key is gone from the guest's ``config``.
     Never raises for hostile content: each problem is a line in the result (the
     set's ``problems`` or a guest's). Raises NotFoundError if nothing was ever
-    staged from that site and ConfigError for an invalid site name.
+    staged from that site and ConfigError for an invalid site name or allow list.
     """
     directory = staging_dir(root, from_site)
+    allowed = site_allow(root) if allow is None else allow
     result = StagedSet(from_site, directory, [], [], {})
     try:
         top = directory.lstat()
@@ -181,7 +187,7 @@ def load_staged(root: Path, from_site: str) -> StagedSet:
                     f"{file_path}: not a guest config name (<vmid>.conf, 100-999999999), ignored"
                 )
                 continue
-            staged = _load_one(base, kind, int(m.group(1)), file_path, listed)
+            staged = _load_one(base, kind, int(m.group(1)), file_path, listed, allowed)
             other = seen.get(staged.vmid)
             if other is not None:
                 message = f"VMID {staged.vmid} staged twice: {other.path} and {file_path}"
@@ -245,7 +251,12 @@ def _read_nofollow(path: Path, limit: int) -> bytes:
 
 
 def _load_one(
-    base: Path, kind: GuestType, vmid: int, path: Path, listed: dict[str, dict[str, Any]]
+    base: Path,
+    kind: GuestType,
+    vmid: int,
+    path: Path,
+    listed: dict[str, dict[str, Any]],
+    allow: frozenset[str],
 ) -> StagedGuest:
     staged = StagedGuest(vmid, kind, path)
     meta = listed.get(staged.name)
@@ -300,6 +311,10 @@ def _load_one(
         staged.config = GuestConfig.parse(text, kind, str(path), strict=True)
     except ConfigError as exc:
         staged.problems.append(f"{exc}, refused")
+        return staged
+    verdict = apply_policy(staged.config, allow)
+    staged.problems += verdict.refused
+    staged.stripped = verdict.stripped
     return staged
 
 
@@ -327,6 +342,7 @@ class GuestCheck:
             "problems": list(staged.problems),
             "missing": list(self.missing),
             "notes": list(self.notes),
+            "stripped": list(staged.stripped),
             "bridges": list(self.bridges),
         }
 

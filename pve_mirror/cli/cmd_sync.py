@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pve_mirror.actions import staging, sync
+from pve_mirror.actions import preflight, staging, sync
 from pve_mirror.cli.common import CommandResult
 from pve_mirror.cli.planrun import TerminalProgress, progress_to_stderr
 from pve_mirror.pve.siteconfig import load_site_config
@@ -124,6 +124,13 @@ def _check(args: argparse.Namespace) -> CommandResult:
         interfaces = INTERFACES
     bridges = staging.known_bridges(interfaces, root) if interfaces is not None else None
     checks = staging.check_staged(root, staged, bridges=bridges)
+    for check in checks:
+        # The lock policy is the failover's (actions/preflight.py): say what it will do.
+        lock = preflight.staged_lock(check.staged)
+        if lock in preflight.CLEARED_LOCKS:
+            check.notes.append(f"lock: {lock}: dropped when installed (a backup ran at the sync)")
+        elif lock is not None:
+            check.missing.append(f"lock: {lock}: the failover refuses a locked config")
     data = {
         "site": from_site,
         "directory": str(staged.directory),
@@ -143,6 +150,7 @@ def _check_text(data: dict[str, Any]) -> str:
         state = "ok" if guest["valid"] else "INVALID"
         lines.append(f"  {label} (from node {guest['source_node'] or '?'}): {state}")
         lines += [f"    problem: {p}" for p in guest["problems"]]
+        lines += [f"    stripped: {s}" for s in guest["stripped"]]
         lines += [f"    missing: {m}" for m in guest["missing"]]
         lines += [f"    note: {n}" for n in guest["notes"]]
     lines += [f"  problem: {p}" for p in data["problems"]]

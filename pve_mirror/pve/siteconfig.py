@@ -77,6 +77,8 @@ FORMAT = SectionFormat(
             # DR drills (actions/drill_site.py): drill guests' VMIDs and isolated bridge.
             "drill-vmids": Prop(string(r"[1-9]\d{2,8}-[1-9]\d{2,8}", "VMID range")),
             "drill-bridge": Prop(string(r"[A-Za-z][A-Za-z0-9_.\-]*", "bridge name")),
+            # Staged-config content rules let through (actions/staging_policy.py).
+            "staging-allow": Prop(string(r"[a-z\-, ]+", "rule names")),
         },
         "peer": {
             "api-url": Prop(string(r"https://\S+", "API URL")),
@@ -247,6 +249,12 @@ class SiteConfig:
             ca if ca.is_file() else None,
             sites[0].get("api-verify", "1") == "1",
         )
+
+    @property
+    def staging_allow(self) -> str | None:
+        """Give the ``staging-allow`` value of the site section (staged-config rules allowed)."""
+        sites = self._sections("site")
+        return sites[0].get("staging-allow") if sites else None
 
     @property
     def local_node(self) -> str | None:

@@ -24,6 +24,11 @@ from pve_mirror.errors import ConfigError, NotFoundError, PolicyError
 from pve_mirror.pve.guestconfig import GuestConfig
 from tests.unit.pvetree import CT_200, VM_100, VM_101, PveTree
 
+# CT_200 without what the content policy refuses (its bind mount and raw lxc keys).
+CT_CLEAN = "".join(
+    line for line in CT_200.splitlines(keepends=True) if not line.startswith(("mp1:", "lxc."))
+)
+
 RECEIVER_STORAGE = """\
 dir: local
 \tpath /var/lib/vz
@@ -96,7 +101,7 @@ def tree_state(path: Path) -> dict[str, tuple[int, bytes | str]]:
 
 def test_valid_staging_loads_every_guest(tmp_path: Path) -> None:
     root = receiver(tmp_path)
-    stage(root, {"qemu-server/100.conf": VM_100.encode(), "lxc/200.conf": CT_200.encode()})
+    stage(root, {"qemu-server/100.conf": VM_100.encode(), "lxc/200.conf": CT_CLEAN.encode()})
     staged = load_staged(root, "site-a")
     assert staged.all_problems() == []
     assert [(g.vmid, g.kind, g.ok) for g in staged.guests] == [
@@ -235,7 +240,7 @@ def test_listed_but_missing_file_is_a_problem(tmp_path: Path) -> None:
 
 def test_same_vmid_as_vm_and_ct_is_refused(tmp_path: Path) -> None:
     root = receiver(tmp_path)
-    stage(root, {"qemu-server/200.conf": b"memory: 1\n", "lxc/200.conf": CT_200.encode()})
+    stage(root, {"qemu-server/200.conf": b"memory: 1\n", "lxc/200.conf": CT_CLEAN.encode()})
     staged = load_staged(root, "site-a")
     assert len(staged.guests) == 2
     assert all(not g.ok and "staged twice" in g.problems[0] for g in staged.guests)
@@ -285,7 +290,7 @@ def test_map_storages_renames_at_once() -> None:
 
 def _valid(tmp_path: Path) -> tuple[Path, StagedSet]:
     root = receiver(tmp_path)
-    stage(root, {"qemu-server/100.conf": VM_100.encode(), "lxc/200.conf": CT_200.encode()})
+    stage(root, {"qemu-server/100.conf": VM_100.encode(), "lxc/200.conf": CT_CLEAN.encode()})
     return root, load_staged(root, "site-a")
 
 
@@ -306,7 +311,7 @@ def test_install_writes_mapped_config_atomically(tmp_path: Path) -> None:
     assert path.stat().st_mtime_ns == mtime
     ct = install_staged(root, staged.guest(200), "pve-b1", {})
     assert ct == root / "nodes/pve-b1/lxc/200.conf"
-    assert ct.read_text() == CT_200
+    assert ct.read_text() == CT_CLEAN
 
 
 def test_install_refuses_existing_vmid_anywhere(tmp_path: Path) -> None:
