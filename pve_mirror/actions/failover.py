@@ -68,6 +68,8 @@ class FailoverOptions:
     yes_i_know: bool = False
     stop_mirror_daemon: bool = False
     deadline: float = DEFAULT_DEADLINE
+    skip_invalid: bool = False  # --all: leave out invalid staged configs (else refused)
+    left_out: list[str] = field(default_factory=list)  # filled by select_guests
 
 
 @dataclass
@@ -118,12 +120,22 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
     """Give the guests to move, with their images, from the configs staged by the peer.
 
     Raises NotFoundError for a guest that was never synced here and PolicyError for a
-    staged config that failed validation (naming its problems).
+    staged config that failed validation (naming its problems); with every guest asked
+    for, an invalid one is left out (one line each in ``options.left_out``) only if
+    ``options.skip_invalid``, else PolicyError lists them all.
     """
     source = ctx.site.peer().name
     staged_set = load_staged(ctx.root.path, source)
     if options.guests is None:
         chosen = [g for g in staged_set.guests if g.ok]
+        left_out = [f"{g.label}: {'; '.join(g.problems)}" for g in staged_set.guests if not g.ok]
+        if left_out and not options.skip_invalid:
+            raise PolicyError(
+                f"{len(left_out)} staged config(s) failed validation ("
+                + " | ".join(left_out)
+                + "): fix them and sync again, or give --skip-invalid to leave them out"
+            )
+        options.left_out = [f"left out (invalid staged config): {w}" for w in left_out]
         if not chosen:
             raise NotFoundError(
                 f"no valid guest config staged by {source}: run 'pve-mirror sync' there"

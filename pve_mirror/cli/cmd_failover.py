@@ -50,6 +50,11 @@ def register(
         action="store_true",
         help="with --force: stop this site's rbd-mirror daemon (systemd)",
     )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="with --all: leave out staged configs that fail validation (each one is listed)",
+    )
     p.set_defaults(handler=_failover)
 
     p = subparsers.add_parser(
@@ -91,13 +96,14 @@ def _failover(args: argparse.Namespace) -> CommandResult:
         node=args.node,
         yes_i_know=args.yes_i_know,
         stop_mirror_daemon=args.stop_mirror_daemon,
+        skip_invalid=args.skip_invalid,
     )
     with SiteContext.load(args.root) as ctx:
         plan, moves = failover.plan_failover(ctx, options)
         return plan_command(
             plan, args.dry_run,
             lambda progress: failover.run_failover(ctx, plan, moves, options, progress),
-            warnings=ctx.warnings,
+            warnings=ctx.warnings + options.left_out,
         )  # fmt: skip
 
 

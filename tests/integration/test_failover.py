@@ -313,8 +313,14 @@ def test_failover_refuses_a_hostile_staged_config(sites: Sites) -> None:
         assert not b.guest_config_path("qemu", evil).exists()
         assert not open_journals(b) - before
 
-        every = sites.cli(b, "failover", "--all", "--dry-run", "--output-format", "json")
+        every = sites.cli(b, "failover", "--all", "--dry-run")
+        assert every.rc == 4, every.out + every.err
+        assert f"VM {evil}: " in every.err and "--skip-invalid" in every.err
+        every = sites.cli(
+            b, "failover", "--all", "--skip-invalid", "--dry-run", "--output-format", "json"
+        )
         assert every.rc == 0, every.err
+        assert f"left out (invalid staged config): VM {evil}: " in every.err
         groups = {s["guest"] for s in every.json()["plan"]["steps"]}
         assert good.label in groups and f"vm:{evil}" not in groups
     finally:
