@@ -150,8 +150,12 @@ class SiteContext:
         """Give the guest's RBD disks (each image once) and the disks that cannot be mirrored.
 
         Raises ConfigError naming the disk if one cannot be resolved (unknown storage).
+        A line of the config that cannot be parsed (a disk it may hide) becomes one of
+        the root's warnings, ``file:line`` (the commands print :attr:`warnings`).
         """
         config = self.root.read_guest(ref)
+        with self._lock:
+            self.root.warnings.extend(w for w in config.warnings if w not in self.root.warnings)
         storages = self.root.storage_config()
         mirrored: list[MirroredDisk] = []
         others: list[GuestDisk] = []
