@@ -14,6 +14,7 @@ from pve_mirror.cli import (
     cmd_failover,
     cmd_hook,
     cmd_inventory,
+    cmd_lock,
     cmd_mirror,
     cmd_site,
     cmd_sync,
@@ -32,6 +33,7 @@ COMMAND_MODULES: list[ModuleType] = [
     cmd_hook,
     cmd_failover,
     cmd_drill,
+    cmd_lock,
 ]
 
 PROG = "pve-mirror"

@@ -30,7 +30,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pve_mirror.errors import FileSystemError, LockedError, PveMirrorError
+from pve_mirror.errors import FileSystemError, LockedError, PolicyError, PveMirrorError
 from pve_mirror.files import fs_error
 
 OWNER = "owner"
@@ -254,3 +254,81 @@ def _release(lock_dir: Path, me: Owner) -> None:
     raise FileSystemError(
         "cannot remove the lock: the directory keeps files that are not the lock's", str(lock_dir)
     )
+
+
+# --- inspecting and breaking the lock (``pve-mirror lock show|break``) -------------------
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The cluster lock as found: held or not, and by whom (None: no owner file)."""
+
+    path: Path
+    held: bool
+    owner: Owner | None
+    holder: str
+
+    @property
+    def live_here(self) -> bool:
+        """Tell whether a running process of this host holds it."""
+        owner = self.owner
+        return owner is not None and owner.host == socket.gethostname() and _alive(owner.pid)
+
+    def to_dict(self) -> dict[str, object]:
+        """Give the data of ``pve-mirror lock show``."""
+        owner = self.owner
+        return {
+            "path": str(self.path),
+            "locked": self.held,
+            "holder": self.holder if self.held else None,
+            "command": owner.command if owner else None,
+            "pid": owner.pid if owner else None,
+            "host": owner.host if owner else None,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(owner.at)) if owner else None,
+            "running_here": self.live_here
+            if owner and owner.host == socket.gethostname()
+            else None,
+        }
+
+
+def lock_state(root: Path) -> LockState:
+    """Give who holds ``<root>/pve-mirror/lock``; raises FileSystemError if unreadable."""
+    lock_dir = root / "pve-mirror" / "lock"
+    if not lock_dir.is_dir():
+        return LockState(lock_dir, False, None, "")
+    owner = _read_owner(lock_dir / OWNER)
+    return LockState(lock_dir, True, owner, _holder_text(lock_dir))
+
+
+def break_lock(root: Path, *, yes: bool) -> LockState:
+    """Remove the cluster lock; give the state it was in (``held`` False: there was none).
+
+    Refuses (LockedError) a lock held by a running process of this host. A lock of
+    another host, or one without an owner, needs ``yes`` (else PolicyError naming the
+    holder): this host cannot tell whether that process still runs. A dead process of
+    this host's lock goes without ``yes``. Raises LockedError if the lock changed hands
+    meanwhile, FileSystemError if the file system refuses.
+    """
+    state = lock_state(root)
+    if not state.held:
+        return state
+    owner = state.owner
+    if state.live_here:
+        assert owner is not None
+        raise LockedError(
+            f"locked by {owner.describe()}, which is running: wait for it to end "
+            f"(or stop it), then retry; not broken: {state.path}"
+        )
+    here = owner is not None and owner.host == socket.gethostname()
+    if not here and not yes:
+        where = f" on {owner.host}" if owner else ""
+        raise PolicyError(
+            f"locked by {state.holder}: make sure it no longer runs{where}, "
+            "then rerun with --yes to break the lock"
+        )
+    _release(state.path, owner or Owner("", 0, "", 0.0))
+    after = _read_owner(state.path / OWNER) if state.path.is_dir() else None
+    if after is not None and after != owner:
+        raise LockedError(f"the lock changed hands meanwhile, not broken: now {after.describe()}")
+    log.warning("broke the lock of %s", state.holder)
+    return state
