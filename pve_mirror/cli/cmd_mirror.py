@@ -9,6 +9,7 @@ from pve_mirror.actions import mirroring, status
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.cli.common import CommandResult, add_guest_arguments
 from pve_mirror.cli.planrun import plan_command
+from pve_mirror.engine.journal import unfinished_warnings
 from pve_mirror.pve.root import GuestRef
 
 DEFAULT_PROMETHEUS = "/var/lib/prometheus/node-exporter/pve-mirror.prom"
@@ -155,5 +156,5 @@ def _status(args: argparse.Namespace) -> CommandResult:
             data,
             text=lambda _d: status.render_text(statuses),
             exit_code=2 if worst == "ERROR" else 0,
-            warnings=ctx.warnings,
+            warnings=ctx.warnings + unfinished_warnings(ctx.root.path),
         )

@@ -11,6 +11,11 @@ is split into segments of at most :data:`SEGMENT_BYTES`: ``<action>-<fp>.jsonl``
 then ``<action>-<fp>.1.jsonl``, ``.2.jsonl``... Each file stays far below 1 MiB
 whatever the number of guests. Finished journals are kept for the record: the
 newest :data:`KEEP_FINISHED` runs, at most :data:`KEEP_FINISHED_BYTES` in all.
+
+An unfinished journal is continued only if this version wrote it (the ``begin``
+header's ``version``) and its last record is at most :data:`MAX_AGE_S` old: a run
+left a week ago met a cluster that has changed since. Such a run is refused with a
+line saying how to look at it and discard it (``pve-mirror journal list|discard``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from pve_mirror.errors import ConfigError
+from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
 from pve_mirror.files import fs_error
 
 FORMAT_VERSION = 1
@@ -34,6 +39,8 @@ KEEP_FINISHED = 20
 # pmxcfs holds 128 MiB for the whole cluster configuration.
 KEEP_FINISHED_BYTES = 4 * 1024 * 1024
 ACTIVE = ".jsonl"
+# An unfinished run whose last record is older than this is not continued.
+MAX_AGE_S = 7 * 24 * 3600
 FINISHED = ".done"
 
 
@@ -112,9 +119,47 @@ class Journal:
         FileSystemError naming the file if it cannot be written.
         """
         if self.exists():
+            self.check_resumable()
             return
         header = {"event": "begin", "version": FORMAT_VERSION, "title": title[:DETAIL_CHARS]}
         self._append(header)
+
+    def header(self) -> dict[str, object]:
+        """Give the ``begin`` line of the journal ({} if it has none or is unreadable)."""
+        try:
+            with self.path.open(encoding="utf-8", errors="replace") as handle:
+                raw = json.loads(handle.readline())
+        except (OSError, ValueError):
+            return {}
+        return raw if isinstance(raw, dict) and raw.get("event") == "begin" else {}
+
+    def last_record(self) -> float:
+        """Give when the journal was last written (its newest segment's mtime; 0 if gone)."""
+        times = []
+        for path in self.segments():
+            with suppress(FileNotFoundError):
+                times.append(path.stat().st_mtime)
+        return max(times, default=0.0)
+
+    def check_resumable(self, now: float | None = None) -> None:
+        """Raise PolicyError if this unfinished journal must not be continued: written by
+        another format version, or last written more than :data:`MAX_AGE_S` ago. The
+        message says how to discard it.
+        """
+        discard = f"'pve-mirror journal discard {self.stem}'"
+        version = self.header().get("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise PolicyError(
+                f"{self.path}: unfinished journal of format {version}, this pve-mirror "
+                f"continues format {FORMAT_VERSION} only: check what that run did, then {discard}"
+            )
+        age = (time.time() if now is None else now) - self.last_record()
+        if age > MAX_AGE_S:
+            raise PolicyError(
+                f"{self.path}: unfinished run last recorded {age / 86400:.0f} days ago, too old "
+                f"to continue (limit {MAX_AGE_S // 86400} days): check what it did "
+                f"('pve-mirror journal list'), then {discard} and rerun"
+            )
 
     def record(self, step_id: str, event: str, detail: str = "") -> None:
         """Append one event and flush it to disk before returning.
@@ -231,3 +276,91 @@ def prune_finished(directory: Path, keep: int, keep_bytes: int | None = None) ->
                 raise fs_error(exc, path, "remove an old journal") from exc
             removed.append(path)
     return removed
+
+
+_ACTIVE_SEGMENT = re.compile(r"(?P<stem>[^.]+)(?:\.(?P<index>[1-9]\d*))?" + re.escape(ACTIVE))
+
+
+def unfinished(directory: Path) -> list[Journal]:
+    """Give the unfinished journals in ``directory``, oldest last record first.
+
+    Raises FileSystemError if the directory cannot be read.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise fs_error(exc, directory, "read") from exc
+    found = []
+    for name in names:
+        match = _ACTIVE_SEGMENT.fullmatch(name)
+        if match and match.group("index") is None and "-" in match.group("stem"):
+            action, fingerprint = match.group("stem").rsplit("-", 1)
+            found.append(Journal(directory, action, fingerprint))
+    return sorted(found, key=lambda j: j.last_record())
+
+
+def describe(journal: Journal, now: float | None = None) -> dict[str, object]:
+    """Give one row of ``pve-mirror journal list``: name, title, version, when, steps."""
+    header = journal.header()
+    last = journal.last_record()
+    age = (time.time() if now is None else now) - last
+    try:
+        steps: int | None = len(journal.done_steps())
+    except ConfigError:
+        steps = None  # corrupt: the row still shows, the run would refuse
+    started = header.get("at")
+    return {
+        "name": journal.stem,
+        "title": header.get("title"),
+        "version": header.get("version"),
+        "started": _iso(float(started)) if isinstance(started, int | float) else None,
+        "last_record": _iso(last),
+        "steps_done": steps,
+        "resumable": age <= MAX_AGE_S and header.get("version", FORMAT_VERSION) == FORMAT_VERSION,
+        "path": str(journal.path),
+    }
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def discard(directory: Path, name: str) -> list[Path]:
+    """Remove the unfinished journal ``name`` (``<action>-<fingerprint>``); give its files.
+
+    Raises NotFoundError if there is no such unfinished journal, FileSystemError if the
+    file system refuses.
+    """
+    journal = next((j for j in unfinished(directory) if j.stem == name), None)
+    if journal is None:
+        raise NotFoundError(f"no unfinished journal {name!r} in {directory}")
+    removed = journal.segments()
+    for path in reversed(removed):
+        try:
+            path.unlink()
+        except OSError as exc:
+            raise fs_error(exc, path, "discard the journal") from exc
+    return removed
+
+
+def unfinished_warnings(root: Path) -> list[str]:
+    """Give one line per unfinished run under ``<root>/pve-mirror/journal`` (for status).
+
+    Never raises: a journal directory that cannot be read is one line too.
+    """
+    directory = root / "pve-mirror" / "journal"
+    try:
+        rows = [describe(j) for j in unfinished(directory)]
+    except PveMirrorError as exc:
+        return [f"cannot list the unfinished runs: {exc}"]
+    lines = []
+    for row in rows:
+        then = "rerun it to continue" if row["resumable"] else "too old or foreign to continue"
+        lines.append(
+            f"unfinished run {row['name']}: {row['title'] or '?'} (last record "
+            f"{row['last_record']}, {row['steps_done']} step(s) done): {then}, "
+            "or 'pve-mirror journal discard' it"
+        )
+    return lines
