@@ -168,8 +168,10 @@ def run_journalled(
 
     with cluster_lock(root, plan.title):
         journal = Journal(root / "pve-mirror" / "journal", plan.action, plan.fingerprint())
-        if journal.exists() and progress:
-            progress(f"continuing the unfinished run recorded in {journal.path}")
+        if journal.exists():
+            journal.check_resumable()  # too old or another format: refused, not continued
+            if progress:
+                progress(f"continuing the unfinished run recorded in {journal.path}")
         journal.begin(plan.title)
         outcomes = execute_plan(
             plan, functions, journal, concurrency=concurrency, progress=progress

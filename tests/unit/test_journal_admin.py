@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pve_mirror.cli.main import main
+from pve_mirror.engine.execute_plan import run_journalled
 from pve_mirror.engine.journal import (
     FORMAT_VERSION,
     MAX_AGE_S,
@@ -17,6 +18,7 @@ from pve_mirror.engine.journal import (
     unfinished,
     unfinished_warnings,
 )
+from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import PolicyError
 
 
@@ -72,3 +74,26 @@ def test_list_and_discard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["--root", str(tmp_path), "journal", "list"]) == 0
     assert "No unfinished runs." in capsys.readouterr().out
     assert unfinished_warnings(tmp_path) == []
+
+
+def test_a_run_refuses_an_old_journal_before_any_step(tmp_path: Path) -> None:
+    plan = Plan("failover", "failover vm 100")
+    plan.add(step("start", 1, "vm:100", "vm:100", "start vm:100"))
+    journal = Journal(tmp_path / "pve-mirror" / "journal", plan.action, plan.fingerprint())
+    journal.begin(plan.title)
+    old = time.time() - MAX_AGE_S - 60
+    os.utime(journal.path, (old, old))
+    ran: list[str] = []
+    said: list[str] = []
+
+    def start(item: Step) -> str:
+        ran.append(item.id)
+        return "started"
+
+    with pytest.raises(PolicyError, match="too old to continue"):
+        run_journalled(
+            tmp_path, plan, {"start": start},
+            concurrency=1, progress=said.append,
+        )  # fmt: skip
+    assert ran == [] and said == []
+    assert not (tmp_path / "pve-mirror" / "lock").exists()
