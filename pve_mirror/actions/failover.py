@@ -436,10 +436,15 @@ class FailoverSteps:
             info = mirror.mirror_info(peer, spec)
             if not info.primary or info.mode != "snapshot":
                 return "nothing to wait for"
-            state = sync_state(mirror.mirror_snapshots(peer, spec),
-                               mirror.mirror_snapshots(local, spec))  # fmt: skip
-            if state.in_sync:
-                return f"holds snapshot {state.synced_primary}"
+            try:
+                here = mirror.mirror_snapshots(local, spec)
+            except NotFoundError:
+                # rbd-mirror has not created the copy yet (just enabled): wait for it
+                here = None
+            if here is not None:
+                state = sync_state(mirror.mirror_snapshots(peer, spec), here)
+                if state.in_sync:
+                    return f"holds snapshot {state.synced_primary}"
             pause_until(deadline, f"{spec} not copied to {self.ctx.site.local_name} in time")
 
     def demote_source(self, item: Step) -> str:

@@ -946,6 +946,10 @@ class CephLab:
         # Leftovers of a crashed run often lost their mon and hang in a clean
         # shutdown; their data is deleted anyway, so they get a short SIGTERM grace.
         self._stop(timeout=3.0)
+        # the PVE side's /etc/pve (pmxcfs) goes with the clusters its configs point to
+        from tests.lab import pmxcfs
+
+        pmxcfs.wipe_all(self.root)
         for site in self.sites.values():
             if not site.dir.exists():
                 continue
