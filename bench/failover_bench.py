@@ -2,9 +2,11 @@
 
     /usr/bin/python3 -m bench.failover_bench [--guests 20] [--disks 2] [--no-hook]
 
-Prints times and ratios; asserts nothing. Each variant moves its own G guests x D disks
-(4 MiB images, replicated to site-b before the clock starts), measured from the
-command until every guest runs on site-b:
+Prints times and ratios and appends one JSON line to bench/results.jsonl (``--json``
+another file, ``-`` none); asserts nothing. Each variant moves its own G guests x D
+disks (4 MiB images, replicated to site-b before the clock starts; the guests spread
+over site-a's three nodes, and land on the node of the same rank at site-b), measured
+from the command until every guest runs on site-b:
 
 - pve-mirror: one ``pve-mirror failover vm ...`` process on site-b (``--force`` for
   the forced case, with site-a's Ceph and API down).
@@ -25,6 +27,7 @@ the procedures themselves cost.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import time
@@ -34,7 +37,7 @@ from typing import Any
 
 import rbd
 
-from bench.common import Bench, bench_sites, cli, free_vmids, rbd_cli
+from bench.common import Bench, bench_sites, case, cli, free_vmids, rbd_cli, record
 from tests.lab import rbdtools
 from tests.lab.pve_site import RBD_STORAGE, PveSite
 
@@ -56,11 +59,13 @@ def parallel(function: Callable[[Any], object], items: Iterable[Any]) -> None:
         list(pool.map(function, items))
 
 
-def wait_task(site: PveSite, api: Any, upid: str) -> None:
-    """Poll a task until it stops; raise RuntimeError unless it ended OK."""
+def wait_task(api: Any, upid: str) -> None:
+    """Poll a task (on the node its UPID names) until it stops; raise RuntimeError
+    unless it ended OK."""
+    node = upid.split(":")[1]
     deadline = time.monotonic() + 120
     while True:
-        status = api.nodes(site.node).tasks(upid).status.get()
+        status = api.nodes(node).tasks(upid).status.get()
         if status["status"] == "stopped":
             if status.get("exitstatus") != "OK":
                 raise RuntimeError(f"{upid}: {status.get('exitstatus')}")
@@ -71,21 +76,25 @@ def wait_task(site: PveSite, api: Any, upid: str) -> None:
 
 
 def guest_action(site: PveSite, action: str) -> Callable[[int], None]:
-    """Give a function that runs ``status/<action>`` on a guest of ``site`` and waits."""
+    """Give a function that runs ``status/<action>`` on a guest of ``site`` (on the node
+    its config is on) and waits."""
     api = site.api()
 
     def run(vmid: int) -> None:
-        upid = getattr(api.nodes(site.node).qemu(vmid).status, action).post()
-        wait_task(site, api, str(upid))
+        node = site.guest_node("qemu", vmid)
+        upid = getattr(api.nodes(node).qemu(vmid).status, action).post()
+        wait_task(api, str(upid))
 
     return run
 
 
 def copy_config(bench: Bench, vmid: int) -> None:
-    """Put site-a's config of ``vmid`` on site-b (what the admin does with scp)."""
-    target = bench.b.guest_config_path("qemu", vmid)
+    """Put site-a's config of ``vmid`` on site-b's node of the same rank (what the admin
+    does with scp)."""
+    target = bench.b.guest_config_path("qemu", vmid, bench.b.spread_node(vmid))
     if not target.exists():
-        shutil.copyfile(bench.a.guest_config_path("qemu", vmid), target)
+        source = bench.a.guest_config_path("qemu", vmid, bench.a.guest_node("qemu", vmid))
+        shutil.copyfile(source, target)
 
 
 def prepare(bench: Bench, count: int, disks: int, hook: bool) -> list[int]:
@@ -93,7 +102,8 @@ def prepare(bench: Bench, count: int, disks: int, hook: bool) -> list[int]:
     vmids = free_vmids(bench, count)
     for vmid in vmids:
         bench.a.create_guest("qemu", vmid, [(RBD_STORAGE, IMAGE_MIB)] * disks,
-                             hookscript=HOOKSCRIPT if hook else None)  # fmt: skip
+                             hookscript=HOOKSCRIPT if hook else None,
+                             node=bench.a.spread_node(vmid))  # fmt: skip
     for start in range(0, count, 50):
         cli(bench.a, "enable", "vm", *map(str, vmids[start : start + 50]), "--schedule", "5m")
     for image in images(vmids, disks):
@@ -200,8 +210,10 @@ def measure(bench: Bench, name: str, vmids: list[int], disks: int, *, forced: bo
     return seconds
 
 
-def run(bench: Bench, guests: int, disks: int, hook: bool = True) -> list[str]:
-    """Measure both cases; give the printed lines."""
+def run(
+    bench: Bench, guests: int, disks: int, hook: bool = True
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Measure both cases; give the printed lines and the cases of the JSON line."""
     names = ("ours-p", "wiki-p", "floor-p", "ours-f", "wiki-f", "floor-f")
     sets = {name: prepare(bench, guests, disks, hook) for name in names}
     cli(bench.a, "sync")
@@ -218,10 +230,17 @@ def run(bench: Bench, guests: int, disks: int, hook: bool = True) -> list[str]:
         bench.lab.start_site("site-a")
         bench.a.start()
     what = f"{guests} guests x {disks} disks" + ("" if hook else " (no hookscript)")
-    return [
+    lines = [
         report(f"planned failover of {what}", times["ours-p"], times["wiki-p"], times["floor-p"]),
         report(f"forced failover of {what}", times["ours-f"], times["wiki-f"], times["floor-f"]),
     ]
+    cases = {
+        kind: case(guests * disks, times[f"ours-{k}"], manual=times[f"wiki-{k}"], goal=GOAL,
+                   floor_s=round(times[f"floor-{k}"], 3),
+                   over_floor=round(times[f"ours-{k}"] / times[f"floor-{k}"], 2))
+        for kind, k in (("planned", "p"), ("forced", "f"))
+    }  # fmt: skip
+    return lines, cases
 
 
 def main() -> None:
@@ -230,10 +249,14 @@ def main() -> None:
     parser.add_argument("--guests", type=int, default=20)
     parser.add_argument("--disks", type=int, default=2)
     parser.add_argument("--no-hook", action="store_true", help="guests without the hookscript")
+    parser.add_argument("--json", metavar="FILE", help="where the JSON line goes ('-': none)")
     args = parser.parse_args()
+    load = os.getloadavg()
     with bench_sites() as bench:
-        for line in run(bench, args.guests, args.disks, not args.no_hook):
+        lines, cases = run(bench, args.guests, args.disks, not args.no_hook)
+        for line in lines:
             print(line, flush=True)
+        record("failover_bench", vars(args), cases, load, args.json)
 
 
 if __name__ == "__main__":

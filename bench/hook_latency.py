@@ -9,14 +9,19 @@ installs the hook with ``pve-mirror hook install`` and times, as PVE would run t
 - the installed snippet (``python3 -m pve_mirror.hookscript``) at pre-start;
 - the same check through the full CLI (``python3 -m pve_mirror hook run``).
 
-Prints median and p90 of each and the added latency over the no-op hook.
+Prints median and p90 of each, the latency added to the no-op hook and the ratio
+to it, and appends one JSON line to bench/results.jsonl (``--json`` another file,
+``-`` none), which docs/performance.md tabulates. The samples of all variants are
+taken in turns, so that a change of load on a shared machine hits them alike.
 
-    PVE_MIRROR_LAB_DIR=/tmp/lab /usr/bin/python3 bench/hook_latency.py [--runs 30]
+    PVE_MIRROR_LAB_DIR=/tmp/lab /usr/bin/python3 -m bench.hook_latency [--runs 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import random
 import statistics
@@ -28,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import record  # noqa: E402
 from pve_mirror.ceph.access import ClusterAccess  # noqa: E402
 from pve_mirror.ceph.cluster import connected  # noqa: E402
 from pve_mirror.ceph.imagespec import ImageSpec  # noqa: E402
@@ -39,19 +45,29 @@ from tests.lab.drsetup import pvesh_of  # noqa: E402
 from tests.lab.pve_site import RBD_STORAGE, PveSite  # noqa: E402
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+GOAL_MS = 60.0
 
 
-def timed(argv: list[str], runs: int, env: dict[str, str], want: int = 0) -> list[float]:
-    """Give the wall time in ms of ``runs`` runs of ``argv`` (after one warm-up)."""
-    samples = []
+def once(argv: list[str], env: dict[str, str], want: int = 0) -> float:
+    """Give the wall time in ms of one run of ``argv``; exit if it does not end ``want``."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode != want:
+        raise SystemExit(f"{argv}: exit {done.returncode}: {done.stderr.strip()}")
+    return elapsed
+
+
+def in_turns(
+    variants: dict[str, tuple[list[str], dict[str, str]]], runs: int
+) -> dict[str, list[float]]:
+    """Give ``runs`` samples (ms) of every variant, run in turns after one warm-up round."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for index in range(runs + 1):
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        elapsed = (time.perf_counter() - started) * 1000
-        if done.returncode != want:
-            raise SystemExit(f"{argv}: exit {done.returncode}: {done.stderr.strip()}")
-        if index:
-            samples.append(elapsed)
+        for name, (argv, env) in variants.items():
+            elapsed = once(argv, env)
+            if index:
+                samples[name].append(elapsed)
     return samples
 
 
@@ -63,7 +79,9 @@ def p90(samples: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--json", metavar="FILE", help="where the JSON line goes ('-': none)")
     args = parser.parse_args()
+    load = os.getloadavg()
     lab = CephLab()
     if not lab.is_up():
         raise SystemExit(f"the lab at {lab.root} is not up: python3 -m tests.lab up")
@@ -82,7 +100,7 @@ def main() -> int:
     cfg.set_section("peer", "site-b", {"ssh": "root@127.0.0.1"})
     cfg.set_guest(GuestEntry("qemu", vmid))
     cfg.save()
-    with pvesh_of(site):
+    with pvesh_of(site), contextlib.redirect_stdout(io.StringIO()):
         installed = cli_main(["--root", str(site.root), "hook", "install", "--output-format=json"])
     if installed != 0:
         raise SystemExit("hook install failed")
@@ -91,19 +109,17 @@ def main() -> int:
     noop.chmod(0o755)
     hook = site.local_path / "snippets" / "pve-mirror-hook"
     cli_env = dict(ENV, PYTHONPATH=str(REPO), PVE_MIRROR_ROOT=str(site.root))
+    cli_argv = ["/usr/bin/python3", "-m", "pve_mirror", "hook", "run", str(vmid), "pre-start"]
     try:
-        results = {
-            "no-op shell hook": timed([str(noop), str(vmid), "pre-start"], args.runs, ENV),
-            "python3 -c pass": timed(["/usr/bin/python3", "-c", "pass"], args.runs, ENV),
-            "pve-mirror-hook pre-start (2 disks)": timed(
-                [str(hook), str(vmid), "pre-start"], args.runs, ENV
-            ),
-            "pve-mirror hook run (full CLI)": timed(
-                ["/usr/bin/python3", "-m", "pve_mirror", "hook", "run", str(vmid), "pre-start"],
-                args.runs,
-                cli_env,
-            ),
-        }
+        results = in_turns(
+            {
+                "no-op shell hook": ([str(noop), str(vmid), "pre-start"], ENV),
+                "python3 -c pass": (["/usr/bin/python3", "-c", "pass"], ENV),
+                "pve-mirror-hook pre-start (2 disks)": ([str(hook), str(vmid), "pre-start"], ENV),
+                "pve-mirror hook run (full CLI)": (cli_argv, cli_env),
+            },
+            args.runs,
+        )
     finally:
         import rbd
 
@@ -114,13 +130,24 @@ def main() -> int:
                 rbd.RBD().remove(ioctx, image)
         site.guest_config_path("qemu", vmid).unlink()
     floor = statistics.median(results["no-op shell hook"])
-    print(f"hook latency, {args.runs} runs each (ms), lab {lab.root}")
+    print(f"hook latency, {args.runs} runs each (ms), lab {lab.root}, load {load[0]:.1f}")
+    cases = {}
     for name, samples in results.items():
         median = statistics.median(samples)
         print(
             f"  {name:<38} median {median:7.1f}  p90 {p90(samples):7.1f}  "
             f"added {median - floor:7.1f}  ratio {median / floor:5.1f}x"
         )
+        cases[name] = {
+            "runs": len(samples),
+            "median_ms": round(median, 1),
+            "p90_ms": round(p90(samples), 1),
+            "ratio": round(median / floor, 1),
+        }
+    hook_ms = cases["pve-mirror-hook pre-start (2 disks)"]["median_ms"]
+    verdict = "meets" if hook_ms < GOAL_MS else "MISSES"
+    print(f"pre-start median {hook_ms:.1f} ms ({verdict} the goal of {GOAL_MS:g} ms)")
+    record("hook_latency", vars(args), cases, load, args.json)
     return 0
 
 

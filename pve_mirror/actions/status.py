@@ -11,7 +11,9 @@ Two ways to read it, with the same verdicts:
   of the daemon's last status write: rbd-mirror writes image statuses every 30 s, so a
   copy finished since then still shows the previous one. A disk that looks late
   (no complete copy, or an RPO over twice the schedule) is read exactly before it is
-  called late, so a WARN never comes from a stale status.
+  called late, so a WARN never comes from a stale status; but when more than
+  :data:`CONFIRM_UP_TO` look late (every disk in its first sync, say), their WARN
+  says that it is the listed one.
 - per image (few disks, or ``--exact``): both sides' mirror snapshots. The non-primary
   side's newest complete mirror snapshot names the primary snapshot it holds; its
   timestamp on the primary is the data's age, to the second.
@@ -26,12 +28,13 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from pve_mirror.actions.context import MirroredDisk, SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, guest_prefix
+from pve_mirror.actions.status_model import ERROR, OK, WARN, DiskStatus, GuestStatus
 from pve_mirror.actions.status_render import prometheus_text, render_text, write_prometheus
 from pve_mirror.ceph import mirror, pool, schedule
 from pve_mirror.ceph.cluster import Cluster
@@ -41,64 +44,25 @@ from pve_mirror.errors import NotFoundError, PveMirrorError
 from pve_mirror.pve.root import GuestRef
 from pve_mirror.pve.siteconfig import GuestEntry
 
-__all__ = ["collect_status", "prometheus_text", "render_text", "write_prometheus"]
+__all__ = [
+    "ERROR",
+    "OK",
+    "WARN",
+    "DiskStatus",
+    "GuestStatus",
+    "collect_status",
+    "prometheus_text",
+    "render_text",
+    "write_prometheus",
+]
 
-OK, WARN, ERROR = "OK", "WARN", "ERROR"
-_RANK = {OK: 0, WARN: 1, ERROR: 2}
 # Up to this many disks, status reads image by image (exact, and cheaper than listing
 # a pool of a thousand images); above, it lists the pools.
 EXACT_UP_TO = 16
-
-
-@dataclass
-class DiskStatus:
-    """The mirroring state of one disk, as ``status`` shows it."""
-
-    guest: str
-    key: str
-    image: str
-    mode: str | None
-    role: str  # primary, non-primary, not mirrored
-    peer_role: str | None
-    peer_state: str | None  # e.g. up+replaying, down+stopped
-    description: str | None
-    last_sync: float | None
-    rpo_seconds: float | None
-    bytes_per_second: float | None
-    copying: bool | None
-    health: str = OK
-    problems: list[str] = field(default_factory=list)
-
-    def flag(self, level: str, problem: str) -> None:
-        """Record a problem and raise the disk's health to ``level`` if worse."""
-        self.problems.append(problem)
-        if _RANK[level] > _RANK[self.health]:
-            self.health = level
-
-
-@dataclass
-class GuestStatus:
-    """One guest: its disks and the worst health among them."""
-
-    guest: str
-    node: str
-    schedule: str | None
-    disks: list[DiskStatus]
-
-    @property
-    def health(self) -> str:
-        """Give the worst disk health (OK for a guest without disks)."""
-        return max((d.health for d in self.disks), key=_RANK.__getitem__, default=OK)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Give plain data for json/yaml output."""
-        return {
-            "guest": self.guest,
-            "node": self.node,
-            "schedule": self.schedule,
-            "health": self.health,
-            "disks": [asdict(d) for d in self.disks],
-        }
+# Up to this many late-looking listed disks are read exactly; more (a first sync of
+# every disk, say) keep the listed verdict, marked as such.
+CONFIRM_UP_TO = 64
+LISTED = " (as rbd-mirror last wrote it, up to 30 s ago; --exact reads the images)"
 
 
 @dataclass
@@ -114,6 +78,8 @@ class _Job:
     judged: bool = False
     # The non-primary side's daemon reported up (a late copy may have finished since).
     daemon_up: bool = False
+    # The RPO is the listed one although it looks late (too many to read exactly).
+    listed_only: bool = False
 
     @property
     def limit(self) -> int:
@@ -153,8 +119,18 @@ def collect_status(
         peer = connecting.result() if connecting else _Peer(None, None)
     exact = len(jobs) <= EXACT_UP_TO if exact is None else exact
     local, remote = _views(jobs, peer.cluster, exact)
-    _each(jobs, lambda job: _evaluate(job, local, remote, peer, now))
+    # Jobs the views answer are pure computation; the others read an image, from threads.
+    reads = [j for j in jobs if _reads_images(j, local, remote, peer)]
+    reading = {id(j) for j in reads}
+    for job in jobs:
+        if id(job) not in reading:
+            _evaluate(job, local, remote, peer, now)
+    _each(reads, lambda job: _evaluate(job, local, remote, peer, now))
     late = [j for j in jobs if j.judged and (exact or (j.daemon_up and _looks_late(j)))]
+    if not exact and len(late) > CONFIRM_UP_TO:
+        for job in late:
+            job.listed_only = True
+        late = []
     _each(late, lambda job: _exact_position(job, peer.cluster, now))
     for job in jobs:
         if job.judged:
@@ -250,6 +226,18 @@ def _description_json(description: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _reads_images(
+    job: _Job, local: dict[ViewKey, PoolView], remote: dict[ViewKey, PoolView], peer: _Peer
+) -> bool:
+    """Tell whether evaluating the job needs an image read the views cannot spare."""
+    name, key = job.item.spec.image, _key(job)
+    status = local[key].statuses.get(name)
+    if local[key].info(name) is None or status is None or pool.status_is_unreliable(status):
+        return True
+    view = remote.get(key)
+    return view is not None and view.info(name) is None and view.exists(name)
 
 
 def _evaluate(
@@ -376,9 +364,11 @@ def _exact_position(job: _Job, peer: Cluster | None, now: float) -> None:
 
 def _judge(job: _Job) -> None:
     row = job.row
+    listed = LISTED if job.listed_only else ""
     if row.rpo_seconds is None:
-        row.flag(WARN, "the peer holds no complete copy yet")
+        row.flag(WARN, "the peer holds no complete copy yet" + listed)
     elif row.rpo_seconds > job.limit:
         row.flag(
-            WARN, f"RPO {row.rpo_seconds:.0f} s is over twice the schedule ({job.limit // 2} s)"
+            WARN,
+            f"RPO {row.rpo_seconds:.0f} s is over twice the schedule ({job.limit // 2} s)" + listed,
         )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pve_mirror.files import write_atomic
 
 if TYPE_CHECKING:
-    from pve_mirror.actions.status import GuestStatus
+    from pve_mirror.actions.status_model import GuestStatus
 
 _HEALTH_VALUE = {"OK": 0, "WARN": 1, "ERROR": 2}
 

@@ -41,6 +41,8 @@ class PoolView:
     ids: dict[str, str] = field(default_factory=dict)  # image name -> image id
     infos: dict[str, MirrorInfo] = field(default_factory=dict)  # mirrored images only
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)  # if listed
+    # From the listings (every image of the pool), not from reading some images.
+    complete: bool = True
 
     def exists(self, image: str) -> bool:
         """Tell whether the pool has an image of that name."""
@@ -61,7 +63,8 @@ class ViewRequest:
     statuses: bool = False
 
 
-def _images(cluster: Cluster, pool: str, namespace: str) -> dict[str, str]:
+def image_ids(cluster: Cluster, pool: str, namespace: str) -> dict[str, str]:
+    """Give the id of every image of the pool, by name (one call)."""
     ioctx = cluster.ioctx(pool, namespace)
     listed = ceph_call(
         f"{cluster.access.name}: list images of {pool}", lambda: list(cluster.rbd.list2(ioctx))
@@ -69,7 +72,7 @@ def _images(cluster: Cluster, pool: str, namespace: str) -> dict[str, str]:
     return {str(item["name"]): str(item["id"]) for item in listed}
 
 
-def _infos(cluster: Cluster, pool: str, namespace: str) -> dict[str, dict[str, Any]]:
+def mirror_infos(cluster: Cluster, pool: str, namespace: str) -> dict[str, dict[str, Any]]:
     """Give librbd's mirror info of every mirrored image, by image id."""
     ioctx = cluster.ioctx(pool, namespace)
     listed = ceph_call(
@@ -105,8 +108,8 @@ def read_views(requests: Sequence[ViewRequest]) -> list[PoolView]:
     calls: list[Callable[[], Any]] = []
     for request in requests:
         where = (request.cluster, request.pool, request.namespace)
-        calls.append(partial(_images, *where))
-        calls.append(partial(_infos, *where))
+        calls.append(partial(image_ids, *where))
+        calls.append(partial(mirror_infos, *where))
         if request.statuses:
             calls.append(partial(_statuses, *where))
     results = run_all(calls)
@@ -115,19 +118,23 @@ def read_views(requests: Sequence[ViewRequest]) -> list[PoolView]:
         ids: dict[str, str] = results.pop(0)
         raw_infos: dict[str, dict[str, Any]] = results.pop(0)
         statuses: dict[str, dict[str, Any]] = results.pop(0) if request.statuses else {}
-        names = {image_id: name for name, image_id in ids.items()}
-        infos = {names[i]: to_info(raw) for i, raw in raw_infos.items() if i in names}
-        views.append(
-            PoolView(
-                request.cluster.access.name,
-                request.pool,
-                request.namespace,
-                ids,
-                infos,
-                statuses,
-            )
-        )
+        view = listed_view(request.cluster, request.pool, request.namespace, ids, raw_infos)
+        view.statuses = statuses
+        views.append(view)
     return views
+
+
+def listed_view(
+    cluster: Cluster,
+    pool: str,
+    namespace: str,
+    ids: dict[str, str],
+    raw_infos: dict[str, dict[str, Any]],
+) -> PoolView:
+    """Give the view of a pool from its image list and its mirror info listing."""
+    names = {image_id: name for name, image_id in ids.items()}
+    infos = {names[i]: to_info(raw) for i, raw in raw_infos.items() if i in names}
+    return PoolView(cluster.access.name, pool, namespace, ids, infos)
 
 
 def run_all(calls: Sequence[Callable[[], T]], workers: int = 8) -> list[T]:
@@ -152,7 +159,7 @@ def read_images(
     from pve_mirror.ceph.imagespec import ImageSpec
     from pve_mirror.errors import NotFoundError
 
-    view = PoolView(cluster.access.name, pool, namespace)
+    view = PoolView(cluster.access.name, pool, namespace, complete=False)
 
     def one(name: str) -> tuple[str, MirrorInfo | None, dict[str, Any] | None]:
         spec = ImageSpec(pool, namespace, name)
