@@ -244,6 +244,9 @@ def test_a_paused_vm_is_stopped_before_its_images_are_demoted(sites: Sites) -> N
         start(a, vm)
         wait_beats(a, vm, 2)
         sync(sites, a)
+        # a forced promote needs a complete copy: wait for the first sync (a busy
+        # machine may not have finished it yet)
+        rbdtools.wait_replicated(a.ceph, b.ceph, vm.image)
         # site-a is cut off but its guest runs on: a forced failover to site-b
         forced = sites.cli(b, "failover", "--force", "--yes-i-know", "vm", str(vm.vmid))
         assert forced.rc == 0, forced.out + forced.err
