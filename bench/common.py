@@ -184,6 +184,6 @@ def record(
     if path != "-":
         target = Path(path) if path else RESULTS
         with target.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(line, sort_keys=True) + "\n")
+            out.write(json.dumps(line) + "\n")
         print(f"result appended to {target}", flush=True)
     return line

@@ -6,7 +6,8 @@ installs the hook with ``pve-mirror hook install`` and times, as PVE would run t
 (one process per call):
 
 - a no-op shell hook (``exit 0``): the floor of any hookscript;
-- the installed snippet (``python3 -m pve_mirror.hookscript``) at pre-start;
+- the installed snippet at pre-start (this site's check and the peer's: site-b's Ceph
+  access is written where ``site init`` puts it);
 - the same check through the full CLI (``python3 -m pve_mirror hook run``).
 
 Prints median and p90 of each, the latency added to the no-op hook and the ratio
@@ -100,6 +101,13 @@ def main() -> int:
     cfg.set_section("peer", "site-b", {"ssh": "root@127.0.0.1"})
     cfg.set_guest(GuestEntry("qemu", vmid))
     cfg.save()
+    # The peer's Ceph access, as 'site init' leaves it: a start at the primary site also
+    # asks the peer whether it holds the disks as primary too.
+    peer_ceph = lab.sites["site-b"]
+    priv = site.root / "priv" / "pve-mirror"
+    priv.mkdir(parents=True, exist_ok=True)
+    (priv / "site-b.conf").write_text(peer_ceph.conf.read_text())
+    (priv / "site-b.keyring").write_text(peer_ceph.admin_keyring.read_text())
     with pvesh_of(site), contextlib.redirect_stdout(io.StringIO()):
         installed = cli_main(["--root", str(site.root), "hook", "install", "--output-format=json"])
     if installed != 0:
