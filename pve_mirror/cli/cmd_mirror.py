@@ -79,9 +79,9 @@ def register(
     p.add_argument(
         "--exact",
         action="store_true",
-        help="read every disk's mirror snapshots on both sites (RPO to the second, ~2 image "
-        "opens per disk) instead of the pool listings (RPO as rbd-mirror last wrote it, "
-        "<= 30 s old); at most 16 disks are always read exactly",
+        help="read every disk's mirror snapshots on both sites (RPO to the second; a few "
+        "image opens, about 10 ms of CPU, per disk) instead of the pool listings (RPO as "
+        "rbd-mirror last wrote it, up to 30 s old); 16 disks or fewer are always read so",
     )
     p.set_defaults(handler=_status)
 
