@@ -98,17 +98,7 @@ def _chosen(ctx: SiteContext, options: StartOptions) -> tuple[list[StagedGuest],
                 f"no valid guest config staged by {peer}: run 'pve-mirror sync' there"
             )
     else:
-        chosen = []
-        for kind, vmid in options.guests:
-            staged = staged_set.guest(vmid)
-            if staged.kind != kind:
-                raise NotFoundError(f"{staged.label} was staged, not {kind} {vmid}")
-            chosen.append(staged)
-    for staged in chosen:
-        if not staged.ok:
-            raise PolicyError(
-                f"{staged.label}: staged config unusable: {'; '.join(staged.problems)}"
-            )
+        chosen = staged_set.named(options.guests)
     return chosen, staged_set.storage_map
 
 

@@ -141,15 +141,7 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
                 f"no valid guest config staged by {source}: run 'pve-mirror sync' there"
             )
     else:
-        chosen = []
-        for kind, vmid in options.guests:
-            staged = staged_set.guest(vmid)
-            if staged.kind != kind:
-                raise NotFoundError(f"{staged.label} was staged, not {kind} {vmid}")
-            chosen.append(staged)
-    bad = [g for g in chosen if not g.ok]
-    if bad:
-        raise PolicyError(f"{bad[0].label}: staged config unusable: {'; '.join(bad[0].problems)}")
+        chosen = staged_set.named(options.guests)
     storages = ctx.root.storage_config()
     entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
     moves = []

@@ -139,6 +139,25 @@ class StagedSet:
                 return staged
         raise NotFoundError(f"no staged config for VMID {vmid} from site {self.site}")
 
+    def named(self, guests: list[tuple[GuestType, int]]) -> list[StagedGuest]:
+        """Give the staged guests asked for by ``(kind, vmid)``, in that order.
+
+        Raises NotFoundError for one never staged (or staged as the other kind) and
+        PolicyError for the first whose staged config failed validation.
+        """
+        chosen = []
+        for kind, vmid in guests:
+            staged = self.guest(vmid)
+            if staged.kind != kind:
+                raise NotFoundError(f"{staged.label} was staged, not {kind} {vmid}")
+            chosen.append(staged)
+        for staged in chosen:
+            if not staged.ok:
+                raise PolicyError(
+                    f"{staged.label}: staged config unusable: {'; '.join(staged.problems)}"
+                )
+        return chosen
+
 
 def load_staged(root: Path, from_site: str, allow: frozenset[str] | None = None) -> StagedSet:
     """Give the validated guest configs site ``from_site`` staged under ``root``.
