@@ -165,20 +165,41 @@ def run(argv: list[str], timeout: float = RUN_TIMEOUT) -> execute.Completed:
     try:
         return execute.run(argv, timeout=timeout)
     except CommandError as exc:
-        raise CommandError(exc.argv, exc.returncode, explain(exc.stderr)) from exc
+        raise CommandError(exc.argv, exc.returncode, explain(exc.stderr, exc.returncode)) from exc
 
 
 _SSH_HINTS = ("ssh:", "Permission denied", "Host key verification failed", "REMOTE HOST")
 
 
-def explain(stderr: str) -> str:
+# rsync(1), EXIT VALUES: the meaning of the codes a sync can meet.
+_EXIT_MEANINGS = {
+    3: "errors selecting input/output files or directories",
+    5: "error starting the client-server protocol",
+    10: "error in socket I/O",
+    11: "error in file I/O",
+    12: "error in the rsync protocol data stream",
+    23: "partial transfer due to an error",
+    24: "partial transfer: source files vanished",
+    30: "timeout in data send/receive",
+    255: "ssh failed",
+}
+
+
+def explain(stderr: str, returncode: int | None = None) -> str:
     """Give the most telling line of a failed rsync's stderr.
 
     That is ssh's reason if the connection failed, else rsync's first specific
     complaint (``rsync: [receiver] mkstemp "…" failed: Permission denied (13)`` names
     the file and the cause; the summary line after it does not), else its last line.
+    When the peer's rsync exits before its messages reach us, stderr is empty: then
+    the meaning of ``returncode`` and where to look.
     """
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines and returncode in _EXIT_MEANINGS:
+        return (
+            f"rsync code {returncode}: {_EXIT_MEANINGS[returncode]}, no reason printed "
+            "(a peer /etc/pve without quorum is read-only)"
+        )
     for line in lines:
         if any(hint in line for hint in _SSH_HINTS):
             return line

@@ -475,7 +475,11 @@ def test_sync_to_a_peer_without_quorum_fails_with_one_line(
     done = _sync(a)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
-    assert "Permission denied" in done.stderr, done.stderr
+    # Under load the peer's rsync may exit before its "Permission denied" reaches us
+    # (seen on trixie's rsync 3.4): then the message names the code and quorum.
+    assert "Permission denied" in done.stderr or (
+        "rsync code 11: error in file I/O" in done.stderr and "quorum" in done.stderr
+    ), done.stderr
     print(f"\n{done.stderr}")
 
 

@@ -98,6 +98,10 @@ def test_explain_prefers_ssh_reason() -> None:
     )
     assert rsync.explain(refused).endswith("failed: Permission denied (13)")
     assert rsync.explain("") == ""
+    # The peer's messages were lost: the code's meaning and where to look.
+    lost = rsync.explain("", 11)
+    assert lost.startswith("rsync code 11: error in file I/O, no reason printed")
+    assert "without quorum" in lost
 
 
 def test_display_is_shell_pasteable() -> None:
