@@ -14,7 +14,6 @@ the same fingerprint, finds the journal and continues after the last finished st
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pve_mirror.actions import preflight
+from pve_mirror.actions import fence, preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions, guest_prefix
 from pve_mirror.actions.staging import (
@@ -41,7 +40,6 @@ from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
-from pve_mirror.files import write_atomic
 from pve_mirror.pve import guest_ops, privileges
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
@@ -546,15 +544,9 @@ class FailoverSteps:
         return guest_ops.ensure_running(api, node, kind, int(item.param("vmid")), self._deadline())
 
     def fence_note(self, item: Step) -> str:
-        path = self.ctx.root.path / "pve-mirror" / f"fence-{item.param('source')}.json"
-        note = {
-            "source": item.param("source"),
-            "at": time.time(),
-            "guests": sorted(self.moves),
-            "why": "images promoted with force; the source still considers itself primary",
-        }
-        # Atomic: the hook on every node reads this note before it lets a guest start.
-        write_atomic(path, (json.dumps(note, indent=2) + "\n").encode())
+        path = fence.write_note(
+            self.ctx.root.path, item.param("source"), self.ctx.site.local_name, list(self.moves)
+        )
         return f"recorded in {path}"
 
     def stop_mirror_daemon(self, item: Step) -> str:
