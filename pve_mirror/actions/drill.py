@@ -37,7 +37,8 @@ from pve_mirror.actions.drill_state import (
     DrillStore,
     new_drill_id,
 )
-from pve_mirror.actions.staging import StagedGuest, load_staged, map_storages
+from pve_mirror.actions.staging import StagedGuest, load_staged
+from pve_mirror.actions.staging_check import map_storages
 from pve_mirror.ceph import copy, mirror
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.engine.plan import Plan, step

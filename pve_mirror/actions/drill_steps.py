@@ -18,7 +18,7 @@ from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.drill import PlannedGuest, StartOptions
 from pve_mirror.actions.drill_config import drill_config, has_drill_tag
 from pve_mirror.actions.drill_state import RUNNING, DrillGuest, DrillState, DrillStore, iso
-from pve_mirror.actions.staging import existing_configs
+from pve_mirror.actions.staging_install import existing_configs
 from pve_mirror.ceph import copy
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled

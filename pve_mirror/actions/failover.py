@@ -24,15 +24,9 @@ from pathlib import Path
 from pve_mirror.actions import fence, preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions, guest_prefix
-from pve_mirror.actions.staging import (
-    StagedGuest,
-    StagedSet,
-    existing_configs,
-    install_staged,
-    load_staged,
-    map_storages,
-    render_for_install,
-)
+from pve_mirror.actions.staging import StagedGuest, StagedSet, load_staged
+from pve_mirror.actions.staging_check import map_storages
+from pve_mirror.actions.staging_install import existing_configs, install_staged, render_for_install
 from pve_mirror.ceph import mirror, schedule
 from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec

@@ -1,4 +1,4 @@
-"""Guest configs staged by the other site: validate them, report what they need, install one.
+"""Guest configs staged by the other site: read and validate them.
 
 ``pve-mirror sync`` on site A fills ``<root>/pve-mirror/staging/A/`` on site B::
 
@@ -11,14 +11,13 @@ only ``<vmid>.conf`` names (VMID 100..999999999) in those two directories, regul
 files (never a symlink, checked with lstat), no larger than pmxcfs allows (1 MiB),
 inside the staging directory once resolved, a config that parses strictly, and the
 checksum the manifest gives. Each problem is one line naming the file; nothing is
-written anywhere by the check. :func:`install_staged` writes one validated config
-into ``nodes/<node>/`` (the failover calls it), mapping storages and refusing to
-overwrite a guest.
+written anywhere by the check. What a guest needs from this site is checked in
+``staging_check``; ``staging_install`` writes one validated config into
+``nodes/<node>/``.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -31,16 +30,12 @@ from typing import Any
 from pve_mirror.actions.staging_policy import apply_policy, site_allow
 from pve_mirror.errors import (
     ConfigError,
-    FileSystemError,
     NotFoundError,
     PolicyError,
-    PveMirrorError,
 )
-from pve_mirror.files import write_atomic
-from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
-from pve_mirror.pve.root import CONFIG_DIRS, LABELS, GuestRef, GuestType
-from pve_mirror.pve.storage import StorageConfig, decode_config, load_storage_config
+from pve_mirror.pve.root import CONFIG_DIRS, LABELS, GuestType
+from pve_mirror.pve.storage import decode_config
 
 STAGING_DIR = Path("pve-mirror") / "staging"
 MANIFEST = "manifest.json"
@@ -240,7 +235,7 @@ def _read_manifest(directory: Path, problems: list[str]) -> dict[str, Any]:
         problems.append(f"{path}: not a regular file of at most 16 MiB, ignored")
         return {}
     try:
-        data = json.loads(_read_nofollow(path, MAX_MANIFEST_BYTES))
+        data = json.loads(read_nofollow(path, MAX_MANIFEST_BYTES))
     except (OSError, ValueError) as exc:
         problems.append(f"{path}: unreadable manifest: {exc}")
         return {}
@@ -250,7 +245,7 @@ def _read_manifest(directory: Path, problems: list[str]) -> dict[str, Any]:
     return data
 
 
-def _read_nofollow(path: Path, limit: int) -> bytes:
+def read_nofollow(path: Path, limit: int) -> bytes:
     """Read at most ``limit + 1`` bytes of ``path``, refusing a symlink (O_NOFOLLOW)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
@@ -305,7 +300,7 @@ def _load_one(
         )
         return staged
     try:
-        data = _read_nofollow(path, MAX_STAGED_BYTES)
+        data = read_nofollow(path, MAX_STAGED_BYTES)
     except OSError as exc:
         staged.problems.append(f"{path}: cannot read: {exc}")
         return staged
@@ -335,225 +330,3 @@ def _load_one(
     staged.problems += verdict.refused
     staged.stripped = verdict.stripped
     return staged
-
-
-# --- what a staged guest needs from this site ------------------------------------------
-
-
-@dataclass
-class GuestCheck:
-    """The check of one staged guest: its problems and what this site lacks for it."""
-
-    staged: StagedGuest
-    missing: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    bridges: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Give the row of ``pve-mirror staging check``."""
-        staged = self.staged
-        return {
-            "vmid": staged.vmid,
-            "type": staged.kind,
-            "source_node": staged.source_node,
-            "synced_at": staged.synced_at,
-            "valid": staged.ok,
-            "problems": list(staged.problems),
-            "missing": list(self.missing),
-            "notes": list(self.notes),
-            "stripped": list(staged.stripped),
-            "bridges": list(self.bridges),
-        }
-
-
-def map_storages(config: GuestConfig, storage_map: dict[str, str]) -> GuestConfig:
-    """Give a copy of ``config`` with every disk's storage renamed through ``storage_map``.
-
-    All renames happen at once (a map ``a->b, b->c`` moves ``a`` to ``b``, not to ``c``).
-    """
-    mapped = GuestConfig.parse(config.render(), config.kind, config.path)
-    moves = [(old, new) for old, new in sorted(storage_map.items()) if old != new]
-    for index, (old, _new) in enumerate(moves):
-        mapped.replace_storage(old, f"pve-mirror-tmp{index}")
-    for index, (_old, new) in enumerate(moves):
-        mapped.replace_storage(f"pve-mirror-tmp{index}", new)
-    return mapped
-
-
-def known_bridges(interfaces: Path, root: Path) -> set[str]:
-    """Give the network names guests may use here: ``iface`` names of ``interfaces`` and
-    the SDN vnets of ``<root>/sdn/vnets.cfg``. Raises ConfigError if ``interfaces`` is
-    unreadable."""
-    names: set[str] = set()
-    try:
-        text = interfaces.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", str(interfaces)) from exc
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] == "iface":
-            names.add(words[1])
-    try:
-        vnets = (root / "sdn" / "vnets.cfg").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        vnets = ""
-    for line in vnets.splitlines():
-        m = re.match(r"vnet:\s*(\S+)", line)
-        if m:
-            names.add(m.group(1))
-    return names
-
-
-def check_staged(
-    root: Path,
-    staged_set: StagedSet,
-    *,
-    storage_map: dict[str, str] | None = None,
-    bridges: set[str] | None = None,
-) -> list[GuestCheck]:
-    """Give, per staged guest, what this site lacks to run it.
-
-    Storages are mapped with ``storage_map`` (default: the sender's map from the
-    manifest) and looked up in this site's storage.cfg. Reported: a missing storage,
-    a disk on a storage that is not RBD here or was not RBD at the sender (its data is
-    not mirrored), an ISO or other file volume (must exist here), a host device or
-    bind mount, and each bridge (checked against ``bridges`` when given).
-    """
-    storages = load_storage_config(root)
-    mapping = staged_set.storage_map if storage_map is None else storage_map
-    checks = []
-    for staged in staged_set.guests:
-        check = GuestCheck(staged)
-        checks.append(check)
-        if staged.config is None:
-            continue
-        _check_disks(check, staged, map_storages(staged.config, mapping), storages, mapping)
-        used = sorted(
-            {
-                m.group(1)
-                for key, value in staged.config.main.values.items()
-                if _NET_KEY.fullmatch(key)
-                for m in [_BRIDGE.search(value)]
-                if m
-            }
-        )
-        check.bridges = used
-        for bridge in used:
-            if bridges is None:
-                check.notes.append(f"uses bridge {bridge} (not checked: make sure it exists)")
-            elif bridge not in bridges:
-                check.missing.append(f"bridge {bridge} does not exist on this node")
-    return checks
-
-
-def _check_disks(
-    check: GuestCheck,
-    staged: StagedGuest,
-    mapped: GuestConfig,
-    storages: StorageConfig,
-    mapping: dict[str, str],
-) -> None:
-    ref = GuestRef(staged.vmid, staged.kind, staged.source_node or "?", staged.path)
-    reverse = {new: old for old, new in mapping.items()}
-    for disk in resolve_guest_disks(ref, mapped, storages, strict=False):
-        where = disk.key if disk.section is None else f"{disk.key} [{disk.section}]"
-        volid = disk.volid or ""
-        if disk.storage is not None and storages.get(disk.storage) is None:
-            source = reverse.get(disk.storage, disk.storage)
-            via = f" (mapped from {source})" if source != disk.storage else ""
-            check.missing.append(f"{where}: storage {disk.storage}{via} does not exist here")
-            continue
-        if disk.error:
-            check.missing.append(disk.error)
-            continue
-        source_type = staged.storages.get(reverse.get(disk.storage or "", disk.storage or ""))
-        if disk.mirrorable:
-            if source_type is not None and source_type != "rbd":
-                check.missing.append(
-                    f"{where}: {volid} was on a {source_type} storage at the sending site, "
-                    "its data is not mirrored"
-                )
-            continue
-        if disk.role in ("cdrom", "cloudinit") and disk.storage is not None:
-            check.notes.append(f"{where}: needs {volid} on storage {disk.storage} here")
-        elif disk.storage is not None:
-            check.missing.append(
-                f"{where}: {volid} is on {disk.storage_type} storage {disk.storage}, "
-                "not mirrored RBD: its data is not at this site"
-            )
-        elif disk.volid not in (None, "none", "cdrom"):
-            check.notes.append(f"{where}: {disk.reason}")
-
-
-# --- installing one staged config ---------------------------------------------------------
-
-
-def existing_configs(root: Path, vmid: int) -> list[Path]:
-    """Give every config of ``vmid`` on any node, VM or CT."""
-    nodes = root / "nodes"
-    found = []
-    if nodes.is_dir():
-        for node in sorted(nodes.iterdir()):
-            for sub in CONFIG_DIRS.values():
-                path = node / sub / f"{vmid}.conf"
-                if path.exists() or path.is_symlink():
-                    found.append(path)
-    return found
-
-
-def render_for_install(staged: StagedGuest, storage_map: dict[str, str]) -> bytes:
-    """Give the bytes :func:`install_staged` would write (storages mapped).
-
-    Raises PolicyError if the staged config did not pass validation.
-    """
-    if not staged.ok or staged.config is None:
-        why = "; ".join(staged.problems) or "not validated"
-        raise PolicyError(f"{staged.label}: staged config cannot be installed: {why}")
-    return map_storages(staged.config, storage_map).render_bytes()
-
-
-def install_staged(
-    root: Path, staged: StagedGuest, target_node: str, storage_map: dict[str, str]
-) -> Path:
-    """Write ``staged`` as ``<root>/nodes/<target_node>/{qemu-server,lxc}/<vmid>.conf``.
-
-    Storage IDs are rewritten through ``storage_map`` (sender's ID -> ours). The file is
-    written atomically (temporary file in the same directory, then rename) with mode
-    0640, and the path is given. A rerun that finds exactly these bytes already there
-    succeeds without writing. Raises PolicyError if the config is not valid or the VMID
-    exists anywhere here (any node, VM or CT) with other content, also when pmxcfs
-    refuses the name (EEXIST), NotFoundError if the node does not exist, ConfigError
-    for an invalid node name, FileSystemError if the file cannot be written.
-    """
-    if not _NODE_NAME.fullmatch(target_node):
-        raise ConfigError(f"invalid node name {target_node!r}")
-    node_dir = root / "nodes" / target_node
-    if not node_dir.is_dir():
-        raise NotFoundError(f"node {target_node} does not exist in {root}/nodes")
-    data = render_for_install(staged, storage_map)
-    target = node_dir / CONFIG_DIRS[staged.kind] / f"{staged.vmid}.conf"
-    for path in existing_configs(root, staged.vmid):
-        if path == target and not path.is_symlink() and _same_content(path, data):
-            return target
-        raise PolicyError(
-            f"{staged.label}: VMID {staged.vmid} already exists here ({path}); "
-            "refusing to overwrite it"
-        )
-    try:
-        write_atomic(target, data, CONFIG_MODE)
-    except FileSystemError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
-        # pmxcfs knows every VMID of the cluster (also one created since the check above).
-        raise PolicyError(
-            f"{staged.label}: VMID {staged.vmid} already exists in the cluster "
-            f"(pmxcfs refused {target}); refusing to overwrite it"
-        ) from exc
-    return target
-
-
-def _same_content(path: Path, data: bytes) -> bool:
-    try:
-        return _read_nofollow(path, MAX_STAGED_BYTES) == data
-    except (OSError, PveMirrorError):
-        return False

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pve_mirror.actions import preflight, staging, sync
+from pve_mirror.actions import preflight, staging, staging_check, sync
 from pve_mirror.cli.common import CommandResult
 from pve_mirror.cli.planrun import TerminalProgress, progress_to_stderr
 from pve_mirror.pve.siteconfig import load_site_config
@@ -122,8 +122,8 @@ def _check(args: argparse.Namespace) -> CommandResult:
     interfaces: Path | None = args.interfaces
     if interfaces is None and root.resolve() == PVE_ROOT and INTERFACES.is_file():
         interfaces = INTERFACES
-    bridges = staging.known_bridges(interfaces, root) if interfaces is not None else None
-    checks = staging.check_staged(root, staged, bridges=bridges)
+    bridges = staging_check.known_bridges(interfaces, root) if interfaces is not None else None
+    checks = staging_check.check_staged(root, staged, bridges=bridges)
     for check in checks:
         # The lock policy is the failover's (actions/preflight.py): say what it will do.
         lock = preflight.staged_lock(check.staged)

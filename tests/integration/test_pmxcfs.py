@@ -31,7 +31,8 @@ from typing import Any
 
 import pytest
 
-from pve_mirror.actions.staging import StagedGuest, install_staged
+from pve_mirror.actions.staging import StagedGuest
+from pve_mirror.actions.staging_install import install_staged
 from pve_mirror.engine import journal as journal_module
 from pve_mirror.engine.execute_plan import DONE, execute_plan, run_journalled
 from pve_mirror.engine.journal import Journal
@@ -510,7 +511,7 @@ def test_install_of_a_vmid_pmxcfs_already_holds_is_refused(
     with pytest.raises(PolicyError, match="already exists here"):
         install_staged(etc_pve, staged, NODE, {})
     # Created elsewhere after the check (a race): pmxcfs itself refuses the name.
-    monkeypatch.setattr("pve_mirror.actions.staging.existing_configs", lambda *_a: [])
+    monkeypatch.setattr("pve_mirror.actions.staging_install.existing_configs", lambda *_a: [])
     with pytest.raises(PolicyError, match=r"already exists in the cluster \(pmxcfs refused"):
         install_staged(etc_pve, staged, NODE, {})
     assert os.listdir(etc_pve / "nodes" / NODE / "qemu-server") == []

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pve_mirror.actions.staging import (
-    MAX_STAGED_BYTES,
-    StagedSet,
-    check_staged,
-    install_staged,
-    known_bridges,
-    load_staged,
-    map_storages,
-    staging_dir,
-)
+from pve_mirror.actions.staging import MAX_STAGED_BYTES, StagedSet, load_staged, staging_dir
+from pve_mirror.actions.staging_check import check_staged, known_bridges, map_storages
+from pve_mirror.actions.staging_install import install_staged
 from pve_mirror.cli.main import main
 from pve_mirror.errors import ConfigError, NotFoundError, PolicyError
 from pve_mirror.pve.guestconfig import GuestConfig

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pve_mirror.actions.staging import install_staged, load_staged
+from pve_mirror.actions.staging import load_staged
+from pve_mirror.actions.staging_install import install_staged
 from pve_mirror.actions.staging_policy import RULES, apply_policy, parse_allow
 from pve_mirror.cli.main import main
 from pve_mirror.errors import ConfigError
