@@ -1,0 +1,139 @@
+"""Which guests a failover moves: the options, the staged configs chosen, their images
+and the node each one lands on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pve_mirror.actions.context import SiteContext
+from pve_mirror.actions.mirroring import guest_prefix
+from pve_mirror.actions.staging import StagedGuest, load_staged
+from pve_mirror.actions.staging_check import map_storages
+from pve_mirror.actions.staging_install import existing_configs
+from pve_mirror.ceph.imagespec import ImageSpec
+from pve_mirror.errors import NotFoundError, PolicyError
+from pve_mirror.pve.disks import resolve_guest_disks
+from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
+
+PLANNED, FORCED = "planned", "force"
+DEFAULT_DEADLINE = 300.0
+UNORDERED = 1_000_000
+
+
+@dataclass
+class FailoverOptions:
+    """What the user asked for."""
+
+    mode: str = PLANNED
+    guests: list[tuple[GuestType, int]] | None = None  # None: every staged guest
+    node: str | None = None
+    yes_i_know: bool = False
+    stop_mirror_daemon: bool = False
+    deadline: float = DEFAULT_DEADLINE
+    skip_invalid: bool = False  # --all: leave out invalid staged configs (else refused)
+    left_out: list[str] = field(default_factory=list)  # filled by select_guests
+
+
+@dataclass
+class GuestMove:
+    """One guest to move: its staged config and its images (as the target names them)."""
+
+    staged: StagedGuest
+    images: list[tuple[str, ImageSpec]]  # (target storage ID, image)
+    order: int
+    label: str
+    modes: dict[ImageSpec, str] = field(default_factory=dict)
+    node: str = ""  # where its config goes and it starts
+
+
+def _startup_order(staged: StagedGuest) -> int | None:
+    """Give ``order=N`` of the config's ``startup`` property, if any."""
+    value = staged.config.main.get("startup") if staged.config else None
+    for part in (value or "").split(","):
+        key, _, number = part.partition("=")
+        if key.strip() == "order" and number.strip().isdigit():
+            return int(number)
+    return None
+
+
+def home_node(root: Path, vmid: int, default: str) -> str:
+    """Give the node where this site last had guest ``vmid`` (an old config), else ``default``.
+
+    A guest that comes back after a round trip lands on the node it left, not on one
+    node for all.
+    """
+    found = existing_configs(root, vmid)
+    return found[0].parent.parent.name if found else default
+
+
+def target_node(ctx: SiteContext, options: FailoverOptions) -> str:
+    node = options.node or ctx.site.local_node
+    nodes = sorted(p.name for p in (ctx.root.path / "nodes").iterdir() if p.is_dir())
+    if node is None:
+        if not nodes:
+            raise NotFoundError(f"no node in {ctx.root.path}/nodes")
+        node = nodes[0]
+    if node not in nodes:
+        raise NotFoundError(f"node {node} does not exist in {ctx.root.path}/nodes")
+    return node
+
+
+def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list[GuestMove]:
+    """Give the guests to move, with their images, from the configs staged by the peer.
+
+    Raises NotFoundError for a guest that was never synced here and PolicyError for a
+    staged config that failed validation (naming its problems); with every guest asked
+    for, an invalid one is left out (one line each in ``options.left_out``) only if
+    ``options.skip_invalid``, else PolicyError lists them all.
+    """
+    source = ctx.site.peer().name
+    staged_set = load_staged(ctx.root.path, source)
+    if options.guests is None:
+        chosen = [g for g in staged_set.guests if g.ok]
+        left_out = [f"{g.label}: {'; '.join(g.problems)}" for g in staged_set.guests if not g.ok]
+        if left_out and not options.skip_invalid:
+            raise PolicyError(
+                f"{len(left_out)} staged config(s) failed validation ("
+                + " | ".join(left_out)
+                + "): fix them and sync again, or give --skip-invalid to leave them out"
+            )
+        options.left_out = [f"left out (invalid staged config): {w}" for w in left_out]
+        if not chosen:
+            raise NotFoundError(
+                f"no valid guest config staged by {source}: run 'pve-mirror sync' there"
+            )
+    else:
+        chosen = staged_set.named(options.guests)
+    storages = ctx.root.storage_config()
+    entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
+    moves = []
+    for staged in chosen:
+        assert staged.config is not None
+        config = map_storages(staged.config, staged_set.storage_map)
+        sub = CONFIG_DIRS[staged.kind]
+        here = node if options.node else home_node(ctx.root.path, staged.vmid, node)
+        ref = GuestRef(
+            staged.vmid,
+            staged.kind,
+            here,
+            ctx.root.path / "nodes" / here / sub / f"{staged.vmid}.conf",
+        )
+        images: list[tuple[str, ImageSpec]] = []
+        for disk in resolve_guest_disks(ref, config, storages):
+            # Every RBD volume the guest names moves, snapshot and vmstate volumes too.
+            seen = {spec for _storage, spec in images}
+            if disk.mirrorable and disk.spec is not None and disk.storage and disk.spec not in seen:
+                images.append((disk.storage, disk.spec))
+        entry = entries.get((staged.kind, staged.vmid))
+        order = entry.order if entry and entry.order is not None else _startup_order(staged)
+        moves.append(
+            GuestMove(
+                staged,
+                images,
+                UNORDERED if order is None else order,
+                guest_prefix(ref),
+                node=here,
+            )  # fmt: skip
+        )
+    return moves

@@ -1,0 +1,264 @@
+"""The functions behind the failover steps (and the failback's, which extend them).
+
+Each is idempotent: a rerun after a crash finds the work done and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pve_mirror.actions import fence, preflight
+from pve_mirror.actions.context import SiteContext
+from pve_mirror.actions.failover_select import FailoverOptions, GuestMove
+from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions
+from pve_mirror.actions.staging import StagedSet, load_staged
+from pve_mirror.actions.staging_install import existing_configs, install_staged, render_for_install
+from pve_mirror.ceph import mirror, schedule
+from pve_mirror.ceph.cluster import Cluster
+from pve_mirror.ceph.imagespec import ImageSpec
+from pve_mirror.ceph.syncstate import sync_state
+from pve_mirror.engine.plan import Step
+from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
+from pve_mirror.pve import guest_ops, privileges
+from pve_mirror.pve.disks import resolve_guest_disks
+from pve_mirror.pve.root import GuestRef, GuestType
+from pve_mirror.pve.siteconfig import parse_guest_id
+from pve_mirror.pve.storage import RbdStorage
+
+
+class FailoverSteps:
+    """The functions behind the failover steps."""
+
+    def __init__(self, ctx: SiteContext, moves: list[GuestMove], options: FailoverOptions) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.moves = {m.label: m for m in moves}
+        self.mirroring = StepFunctions(ctx)
+        self._staged: StagedSet | None = None
+        self._staged_lock = threading.Lock()
+
+    def _staged_set(self) -> StagedSet:
+        """Give the peer's staged configs, read and checked once per run, not once per guest."""
+        with self._staged_lock:
+            if self._staged is None:
+                self._staged = load_staged(self.ctx.root.path, self.ctx.site.peer().name)
+                for guest in self._staged.guests:
+                    preflight.clear_stale_lock(guest)  # the lock policy: see preflight
+            return self._staged
+
+    def table(self) -> dict[str, Callable[[Step], str]]:
+        """Give kind -> function."""
+        return {
+            "stop-source": self.stop_source,
+            "final-snapshot": self.final_snapshot,
+            "wait-copied": self.wait_copied,
+            "demote-source": self.demote_source,
+            "wait-demoted": self.wait_demoted,
+            "promote": self.promote,
+            "schedule": self.schedule,
+            "set-aside": self.set_aside,
+            "install-config": self.install_config,
+            "record": self.mirroring.record,
+            "start": self.start,
+            "fence-note": self.fence_note,
+            "stop-mirror-daemon": self.stop_mirror_daemon,
+        }
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.options.deadline
+
+    def _local(self, item: Step) -> Cluster:
+        storage = self.ctx.root.storage_config().get(item.param("storage"))
+        if not isinstance(storage, RbdStorage):
+            raise ConfigError(f"storage {item.param('storage')} is not an RBD storage here")
+        return self.ctx.local(storage)
+
+    def stop_source(self, item: Step) -> str:
+        """Stop the guest on the source and wait until status/current says stopped
+        (through HA for an HA-managed guest; a paused VM is stopped too)."""
+        api = self.ctx.peer_api()
+        vmid, kind = int(item.param("vmid")), item.param("guest_type")
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            # not listed: not there, or not visible to the token (privilege separation)
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
+            return "not on the source"
+        return guest_ops.ensure_stopped(api, guest.node, kind, vmid, self._deadline())
+
+    def _confirm_source_stopped(self, item: Step) -> None:
+        """Raise PolicyError unless the guest owning this image is stopped on the source
+        right now (status/current): no snapshot or demotion under a running guest."""
+        move = self.moves[item.group]
+        api = self.ctx.peer_api()
+        kind, vmid = move.staged.kind, move.staged.vmid
+        guest = guest_ops.find_guest(api, kind, vmid)
+        if guest is None:
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
+            return
+        status = guest_ops.live_status(api, guest.node, kind, vmid)
+        if not status.stopped:
+            raise PolicyError(
+                f"{move.label} is {status.describe()} on {self.ctx.site.peer().name} "
+                f"({guest.node}): refusing to touch its image {item.param('image')}"
+            )
+
+    def final_snapshot(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        peer = self.ctx.peer()
+        info = mirror.mirror_info(peer, spec)
+        if not info.primary:
+            return "already demoted on the source"
+        self._confirm_source_stopped(item)
+        if info.mode != "snapshot":
+            return f"{info.mode} mode: the demotion carries the final state"
+        return f"mirror snapshot {mirror.create_snapshot(peer, spec)}"
+
+    def wait_copied(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        peer, local = self.ctx.peer(), self._local(item)
+        deadline = self._deadline()
+        while True:
+            info = mirror.mirror_info(peer, spec)
+            if not info.primary or info.mode != "snapshot":
+                return "nothing to wait for"
+            try:
+                here = mirror.mirror_snapshots(local, spec)
+            except NotFoundError:
+                # rbd-mirror has not created the copy yet (just enabled): wait for it
+                here = None
+            if here is not None:
+                state = sync_state(mirror.mirror_snapshots(peer, spec), here)
+                if state.in_sync:
+                    return f"holds snapshot {state.synced_primary}"
+            pause_until(deadline, f"{spec} not copied to {self.ctx.site.local_name} in time")
+
+    def demote_source(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        if mirror.mirror_info(self.ctx.peer(), spec).primary:
+            self._confirm_source_stopped(item)
+        return mirror.demote(self.ctx.peer(), spec)
+
+    def wait_demoted(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        local = self._local(item)
+        deadline = self._deadline()
+        while True:
+            info = mirror.mirror_info(local, spec)
+            if info.primary:
+                return "already primary here"
+            if info.mode != "snapshot":
+                return "journal mode: the promote waits for the demotion"
+            snaps = mirror.mirror_snapshots(local, spec)
+            if snaps and snaps[-1].state == "non-primary-demoted" and snaps[-1].complete:
+                return "demotion arrived"
+            pause_until(
+                deadline, f"the demotion of {spec} did not reach {self.ctx.site.local_name}"
+            )
+
+    def promote(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        local = self._local(item)
+        force = item.param("force") == "1"
+        deadline = self._deadline()
+        while True:
+            try:
+                return mirror.promote(local, spec, force=force)
+            except CephError as exc:
+                # Right after a demotion the peer's rbd-mirror may still hold the lock.
+                if force or not mirror.is_busy(exc):
+                    raise
+                pause_until(deadline, str(exc))
+
+    def schedule(self, item: Step) -> str:
+        spec = ImageSpec.parse(item.param("image"))
+        local = self._local(item)
+        info = mirror.mirror_info(local, spec)
+        if info.mode != "snapshot":
+            return "journal mode: no schedule"
+        entry = self.ctx.site.guest(*parse_guest_id(item.group))
+        return schedule.add_schedule(
+            local, spec, (entry.schedule if entry else None) or DEFAULT_SCHEDULE
+        )
+
+    def set_aside(self, item: Step) -> str:
+        """Move this site's old config of the guest (left by an earlier move) out of nodes/.
+
+        Refuses when that config has a disk that is primary here: then it is a live
+        guest, not a leftover.
+        """
+        move = self.moves[item.group]
+        staged_set = self._staged_set()
+        wanted = render_for_install(staged_set.guest(move.staged.vmid), staged_set.storage_map)
+        moved = []
+        for path in existing_configs(self.ctx.root.path, move.staged.vmid):
+            if path.read_bytes() == wanted:
+                continue  # installed by an earlier run of this failover
+            self._check_leftover(path, move)
+            aside = self.ctx.root.path / "pve-mirror" / "stale"
+            aside.mkdir(parents=True, exist_ok=True)
+            target = (
+                aside
+                / f"{path.parent.parent.name}-{path.parent.name}-{path.name}.{int(time.time())}"
+            )
+            os.replace(path, target)
+            moved.append(str(target))
+        return f"moved to {', '.join(moved)}" if moved else "no old config"
+
+    def _check_leftover(self, path: Path, move: GuestMove) -> None:
+        kind: GuestType = "qemu" if path.parent.name == "qemu-server" else "lxc"
+        ref = GuestRef(move.staged.vmid, kind, path.parent.parent.name, path)
+        storages = self.ctx.root.storage_config()
+        for disk in resolve_guest_disks(ref, self.ctx.root.read_guest(ref), storages, strict=False):
+            storage = storages.get(disk.storage or "")
+            if not disk.mirrorable or disk.spec is None or not isinstance(storage, RbdStorage):
+                continue
+            cluster = self.ctx.local(storage)
+            if (
+                mirror.image_exists(cluster, disk.spec)
+                and mirror.mirror_info(cluster, disk.spec).primary
+            ):
+                raise PolicyError(
+                    f"{move.label} already exists here ({path}) and its disk {disk.key} "
+                    f"({disk.spec}) is primary here: refusing to replace a live guest"
+                )
+
+    def install_config(self, item: Step) -> str:
+        move = self.moves[item.group]
+        staged_set = self._staged_set()
+        staged = staged_set.guest(move.staged.vmid)
+        path = install_staged(
+            self.ctx.root.path, staged, item.param("node"), staged_set.storage_map
+        )
+        return f"installed {path}"
+
+    def start(self, item: Step) -> str:
+        """Start the guest and wait until status/current says it runs (through HA for an
+        HA-managed guest); a start that ends with warnings counts, the detail names them."""
+        api = self.ctx.local_api()
+        node, kind = item.param("node"), item.param("guest_type")
+        return guest_ops.ensure_running(api, node, kind, int(item.param("vmid")), self._deadline())
+
+    def fence_note(self, item: Step) -> str:
+        path = fence.write_note(
+            self.ctx.root.path, item.param("source"), self.ctx.site.local_name, list(self.moves)
+        )
+        return f"recorded in {path}"
+
+    def stop_mirror_daemon(self, item: Step) -> str:
+        from pve_mirror import execute
+
+        execute.run(["systemctl", "stop", "ceph-rbd-mirror.target"], timeout=60)
+        return "stopped (start it again with: systemctl start ceph-rbd-mirror.target)"
+
+
+def pause_until(deadline: float, why: str, delay: float = 0.2) -> None:
+    """Sleep briefly before the next poll; raise CephError(why) once past ``deadline``."""
+    if time.monotonic() >= deadline:
+        raise CephError(f"timed out: {why}")
+    time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
