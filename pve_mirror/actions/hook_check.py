@@ -1,7 +1,10 @@
 """What the guest hook checks, once the hookscript has run its chained one.
 
 - pre-start: every mirrored RBD disk the start uses must be primary here and not at
-  the peer. The connections to this site's clusters and to the peer's start at once
+  the peer. A peer that cannot be asked refuses the start (fail closed) unless this
+  site holds a valid fence note against it or its admin declared it lost
+  (pve_mirror.actions.fence). The connections to this site's clusters and to the
+  peer's start at once
   and every disk is read at once (threads: librados and librbd wait without the GIL),
   so a start waits for the slowest answer, not for their sum.
 - post-stop: a mirror snapshot of every snapshot-mode disk that is primary here.
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from pve_mirror.actions import fence
 from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.ceph.cluster import Cluster, connected
 from pve_mirror.ceph.mirror import SNAPSHOT, MirrorInfo, create_snapshot, mirror_info
@@ -209,7 +213,7 @@ def pre_start(
     if not groups:
         return
     asks = [(_Ask(access, timeout, group, missing_ok=False), group) for access, group in groups]
-    peer = _ask_peer(root, peer_timeout, [d for _access, group in groups for d in group])
+    peer = _ask_peer(root, peer_timeout, [d for _access, group in groups for d in group], outcome)
     try:
         blocked: list[str] = []
         primary_here: set[int] = set()
@@ -232,7 +236,7 @@ def pre_start(
             _check_peer_not_primary(ref, primary_here, peer, outcome)
     finally:
         if close:
-            _close_all([ask for ask, _group in asks] + ([peer[1]] if peer is not None else []))
+            _close_all([ask for ask, _group in asks] + ([peer.ask] if peer is not None else []))
 
 
 def _close_all(asks: list[_Ask]) -> None:
@@ -243,45 +247,73 @@ def _close_all(asks: list[_Ask]) -> None:
         thread.join()
 
 
-def _ask_peer(root: Path, timeout: float, disks: list[GuestDisk]) -> tuple[str, _Ask] | None:
+@dataclass
+class _Peer:
+    """The ask of the peer's cluster, and what the hook needs if it gets no answer."""
+
+    name: str
+    local: str
+    root: Path
+    ask: _Ask
+
+
+def _ask_peer(
+    root: Path, timeout: float, disks: list[GuestDisk], outcome: HookOutcome
+) -> _Peer | None:
     """Start asking the peer's cluster about ``disks``; None when there is nothing to ask.
 
-    Nothing to ask: no peer configured, or a forced failover recorded the peer as lost
-    and to be fenced (a fence note).
+    Nothing to ask: no peer paired (no site config, or no Ceph conf of the peer), or
+    this site holds a valid fence note against the peer (it promoted by force: it is
+    the authority). A note that is not valid is ignored with a warning.
     """
     from pve_mirror.pve.siteconfig import load_site_config
 
     try:
-        peer = load_site_config(root, required=True).peer()
+        site = load_site_config(root, required=True)
+        peer = site.peer()
         access = peer.ceph_access(root)
+        local = site.local_name
     except PveMirrorError:
         return None
-    if (root / "pve-mirror" / f"fence-{peer.name}.json").exists():
+    if fence.read_fence(root, peer.name, local, outcome.output) is not None:
         return None
-    return peer.name, _Ask(access.with_mount_timeout(timeout), timeout, disks, missing_ok=True)
+    ask = _Ask(access.with_mount_timeout(timeout), timeout, disks, missing_ok=True)
+    return _Peer(peer.name, local, root, ask)
 
 
 def _check_peer_not_primary(
-    ref: GuestRef, primary_here: set[int], peer: tuple[str, _Ask], outcome: HookOutcome
+    ref: GuestRef, primary_here: set[int], peer: _Peer, outcome: HookOutcome
 ) -> None:
     """Refuse when the peer's copy of a disk primary here is primary too (this site was
     failed away from by force).
 
-    A peer that does not answer cannot be asked: the start goes on with a warning, as
-    the peer being down is when this site must be able to start its guests.
+    Fails closed: a peer that cannot be asked (down, cut off, or refusing our key) may
+    run this guest on copies it promoted by force, so the start is refused unless the
+    admin declared the peer lost here (``pve-mirror site peer-lost``). When the peer
+    answers, such a declaration is removed: it only holds while the peer is silent.
     """
-    name, ask = peer
     try:
-        infos = ask.result()
-    except PveMirrorError:
-        outcome.output.append(
-            f"warning: {ref.label}: peer site {name} does not answer; "
-            "cannot rule out that it runs this guest"
+        infos = peer.ask.result()
+    except PveMirrorError as exc:
+        lost = fence.read_lost(peer.root, peer.name, peer.local, outcome.output)
+        if lost is not None:
+            outcome.output.append(
+                f"warning: {ref.label}: peer site {peer.name} cannot be asked ({exc}); "
+                f"starting since it was declared lost at {lost.since()} ({lost.path})"
+            )
+            return
+        outcome.exit_code = 1
+        outcome.errors.append(
+            f"{ref.label}: refusing to start: peer site {peer.name} cannot be asked ({exc}), "
+            "so it may run this guest on copies it promoted; if it is down or cut off for "
+            f"good, run 'pve-mirror site peer-lost --yes' on {peer.local} (docs/admin-guide.md, "
+            "Fencing)"
         )
         return
+    _forget_lost(peer, outcome)
     both = [
         f"{disk.key} ({disk.spec})"
-        for disk, info in zip(ask.disks, infos, strict=True)
+        for disk, info in zip(peer.ask.disks, infos, strict=True)
         if id(disk) in primary_here
         and info is not None
         and info.state != "disabled"
@@ -291,9 +323,22 @@ def _check_peer_not_primary(
         outcome.exit_code = 1
         outcome.errors.append(
             f"{ref.label}: refusing to start: disk {', '.join(both)} is primary at "
-            f"{name} too (a forced failover moved the guest there); run "
+            f"{peer.name} too (a forced failover moved the guest there); run "
             "'pve-mirror failback' on this site"
         )
+
+
+def _forget_lost(peer: _Peer, outcome: HookOutcome) -> None:
+    """Remove a peer-lost declaration once the peer answers (one local stat otherwise)."""
+    path = fence.lost_path(peer.root, peer.name)
+    if not path.exists():
+        return
+    try:
+        path.unlink()
+    except OSError as exc:
+        outcome.output.append(f"warning: cannot remove {path} ({exc.strerror})")
+        return
+    outcome.output.append(f"pve-mirror: peer site {peer.name} answers again: removed {path}")
 
 
 def post_stop(root: Path, vmid: int, outcome: HookOutcome, timeout: float) -> None:

@@ -1,8 +1,11 @@
 """What a failover (and the failback that ends in one) checks before it changes anything.
 
 - The source site: a forced failover is refused while the source answers, a planned
-  one when it does not. An API that answers 401/403 answers: it is an error to fix
-  (the token), never a site that is down.
+  one when it does not. It fails closed: only a connect that timed out, was refused
+  or found no route counts as down. An API that answers 401/403 answers: it is an
+  error to fix (the token), never a site that is down; a TLS failure, a missing token,
+  conf or keyring file, a Ceph auth refusal, a 5xx or an unreadable answer refuse the
+  forced failover with their cause (they prove nothing about the site being down).
 - The API tokens: the peer's token must have VM.Audit and VM.PowerMgmt on every guest
   it stops (pve_mirror.pve.privileges), this site's token (if the local API is https)
   the same on the guests it starts. A token with privilege separation and no ACLs
@@ -26,12 +29,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pve_mirror.ceph.cluster import connected
+from pve_mirror.ceph.cluster import CephUnreachableError, connected
 from pve_mirror.errors import PolicyError, PveMirrorError
 from pve_mirror.pve import guest_ops, privileges
-from pve_mirror.pve.api import PveAuthError, PveshApi
+from pve_mirror.pve.api import PveAuthError, PveshApi, PveUnreachableError
 
 if TYPE_CHECKING:
     from pve_mirror.actions.context import SiteContext
@@ -85,19 +89,49 @@ def check_staged_locks(staged: list[StagedGuest], source: str) -> list[str]:
     return notes
 
 
-def check_source(ctx: SiteContext, forced: bool, yes_i_know: bool) -> None:
-    """Refuse a forced failover while the source answers, and a planned one when it does not.
+@dataclass
+class SourceProbe:
+    """What probing the source's API and Ceph found.
 
-    Raises PolicyError for either, PveAuthError when the source's API refuses our token.
+    ``answers``: which of them answered. ``doubts``: why one of them neither answered
+    nor counts as down (a TLS failure, a missing file, a refused key, an HTTP error):
+    only a timeout, a refused connection or no route counts as down.
+    """
+
+    answers: list[str] = field(default_factory=list)
+    doubts: list[str] = field(default_factory=list)
+
+
+def check_source(ctx: SiteContext, forced: bool, yes_i_know: bool) -> None:
+    """Refuse a forced failover unless the source is down, and a planned one when it
+    does not answer.
+
+    Down means both its API and Ceph timed out, refused or had no route; any other
+    failure to ask them is a doubt that refuses the forced failover too (unless
+    ``yes_i_know``: the admin has fenced it). Raises PolicyError for a refusal,
+    PveAuthError when the source's API refuses our token (it is up).
     """
     source = ctx.site.peer().name
-    answers = source_answers(ctx)
+    probe = source_answers(ctx)
+    answers = probe.answers
     if forced and answers and not yes_i_know:
+        also = f" (and cannot be asked: {'; '.join(probe.doubts)})" if probe.doubts else ""
         raise PolicyError(
-            f"{source} still answers ({', '.join(answers)}): a forced failover would leave two "
-            "primaries. Use --planned, or add --yes-i-know if it is fenced"
+            f"{source} still answers ({', '.join(answers)}){also}: a forced failover would "
+            "leave two primaries. Use --planned, or add --yes-i-know if it is fenced"
+        )
+    if forced and probe.doubts and not yes_i_know:
+        raise PolicyError(
+            f"cannot tell that {source} is down ({'; '.join(probe.doubts)}): only a timeout, "
+            "a refused connection or no route counts as down. Fix that, or add --yes-i-know "
+            "if it is fenced"
         )
     if not forced and len(answers) < 2:
+        if probe.doubts:
+            raise PolicyError(
+                f"cannot ask {source} ({'; '.join(probe.doubts)}): a planned failover needs "
+                "both sites"
+            )
         missing = {"API", "Ceph"} - set(answers)
         raise PolicyError(
             f"{source} does not answer ({', '.join(sorted(missing))}): a planned failover "
@@ -105,26 +139,32 @@ def check_source(ctx: SiteContext, forced: bool, yes_i_know: bool) -> None:
         )
 
 
-def source_answers(ctx: SiteContext) -> list[str]:
-    """Give which of the source's API and Ceph answer (short timeouts).
+def source_answers(ctx: SiteContext) -> SourceProbe:
+    """Give which of the source's API and Ceph answer (short timeouts), and why the
+    others could not be asked when that does not mean they are down.
 
     Raises PveAuthError when the API answers with 401/403: that site is up.
     """
-    answers = []
+    probe = SourceProbe()
     try:
         ctx.peer_api().get("/version")
-        answers.append("API")
+        probe.answers.append("API")
     except PveAuthError as exc:
         raise PveAuthError(f"{exc}: the API answers, so {ctx.site.peer().name} is up") from exc
-    except PveMirrorError:
+    except PveUnreachableError:
         pass
+    except PveMirrorError as exc:
+        probe.doubts.append(f"API: {exc}")
     try:
-        probe = ctx.site.peer().ceph_access(ctx.root.path).with_mount_timeout(SOURCE_PROBE_S)
-        with connected(probe, timeout=SOURCE_PROBE_S):
-            answers.append("Ceph")
-    except PveMirrorError:
+        probe_access = ctx.site.peer().ceph_access(ctx.root.path)
+        probe_access = probe_access.with_mount_timeout(SOURCE_PROBE_S)
+        with connected(probe_access, timeout=SOURCE_PROBE_S):
+            probe.answers.append("Ceph")
+    except CephUnreachableError:
         pass
-    return answers
+    except PveMirrorError as exc:
+        probe.doubts.append(f"Ceph: {exc}")
+    return probe
 
 
 def check_planned_source(ctx: SiteContext, guests: Sequence[tuple[str, int]]) -> None:

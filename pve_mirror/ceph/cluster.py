@@ -7,6 +7,7 @@ from threads) through it.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +32,23 @@ TIMEOUTS = {
     "rados_mon_op_timeout": "30",
     "rados_osd_op_timeout": "60",
 }
+
+
+# What a client meets when the cluster is down or cut off (never a refusal of ours):
+# librados retries refused connections until the mount timeout, so ETIMEDOUT is usual.
+UNREACHABLE_ERRNOS = frozenset(
+    {errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
+
+
+class CephUnreachableError(CephError):
+    """The cluster did not answer: a timeout, a refused connection or no route.
+
+    Only this failure to connect may count as "the cluster is down"; any other
+    (a missing conf or keyring, an auth refusal) says nothing about whether it runs.
+    """
+
+    unreachable = True
 
 
 def ceph_call(what: str, call: Callable[[], T]) -> T:
@@ -63,7 +81,8 @@ class Cluster:
         self.rbd = rbd.RBD()
 
     def connect(self, timeout: float = 15.0) -> None:
-        """Connect; raises CephError naming the cluster if it cannot be reached in time."""
+        """Connect; raises CephError naming the cluster if it cannot connect:
+        CephUnreachableError when it did not answer (timeout, refused, no route)."""
         conf = dict(TIMEOUTS)
         conf.update(dict(self.access.options))
         try:
@@ -74,7 +93,13 @@ class Cluster:
             )
             handle.connect(timeout=int(timeout))
         except (rados.Error, rbd.Error) as exc:
-            raise CephError(
+            # Same message either way: callers that only catch CephError see no change.
+            kind = (
+                CephUnreachableError
+                if abs(getattr(exc, "errno", 0) or 0) in UNREACHABLE_ERRNOS
+                else CephError
+            )
+            raise kind(
                 f"cannot connect to Ceph cluster {self.access.describe()}: {describe_error(exc)}"
             ) from exc
         self._rados = handle

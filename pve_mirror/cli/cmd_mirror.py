@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pve_mirror.actions import mirroring, status
+from pve_mirror.actions import fence, mirroring, status
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.cli.common import CommandResult, add_guest_arguments
 from pve_mirror.cli.planrun import plan_command
@@ -156,5 +156,7 @@ def _status(args: argparse.Namespace) -> CommandResult:
             data,
             text=lambda _d: status.render_text(statuses),
             exit_code=2 if worst == "ERROR" else 0,
-            warnings=ctx.warnings + unfinished_warnings(ctx.root.path),
+            warnings=ctx.warnings
+            + unfinished_warnings(ctx.root.path)
+            + fence.status_lines(ctx.root.path, ctx.site),
         )

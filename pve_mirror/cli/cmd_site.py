@@ -1,4 +1,5 @@
-"""``site init``, ``site status``, ``site token create|import``."""
+"""``site init``, ``site status``, ``site peer-lost``, ``site unfence``,
+``site token create|import``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from pve_mirror.actions import site
+from pve_mirror.actions import site, unfence
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.cli.common import CommandResult
 from pve_mirror.cli.planrun import plan_command
@@ -99,6 +100,32 @@ def register(
     )
     p.set_defaults(handler=_status)
 
+    p = sub.add_parser(
+        "peer-lost",
+        parents=[parent],
+        help="declare the peer down or cut off for good: the hook then starts guests "
+        "primary here without asking it",
+    )
+    p.add_argument(
+        "--yes", action="store_true", help="write the declaration (the peer must not run them)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="check only, write nothing")
+    p.set_defaults(handler=_peer_lost)
+
+    p = sub.add_parser(
+        "unfence",
+        parents=[parent],
+        help="remove the fence note and the peer-lost declaration once the peer is failed "
+        "back or demoted",
+    )
+    p.add_argument(
+        "--risk-two-primaries",
+        action="store_true",
+        help="remove them although the peer cannot be asked or still holds primary images",
+    )
+    p.add_argument("--dry-run", action="store_true", help="check only, remove nothing")
+    p.set_defaults(handler=_unfence)
+
     p_token = sub.add_parser("token", parents=[parent], help="pair by bootstrap token by hand")
     tsub = p_token.add_subparsers(dest="token_command", metavar="<subcommand>")
     tsub.required = True
@@ -162,6 +189,20 @@ def _status(args: argparse.Namespace) -> CommandResult:
         )
         return CommandResult(
             data, text=site.render_site_status, exit_code=2 if bad else 0, warnings=ctx.warnings
+        )
+
+
+def _peer_lost(args: argparse.Namespace) -> CommandResult:
+    with SiteContext.load(args.root) as ctx:
+        data = unfence.peer_lost(ctx, yes=args.yes, dry_run=args.dry_run)
+        return CommandResult(data, text=unfence.render_peer_lost, warnings=ctx.warnings)
+
+
+def _unfence(args: argparse.Namespace) -> CommandResult:
+    with SiteContext.load(args.root) as ctx:
+        data = unfence.unfence(ctx, risk=args.risk_two_primaries, dry_run=args.dry_run)
+        return CommandResult(
+            data, text=unfence.render_unfence, warnings=ctx.warnings + data["warnings"]
         )
 
 

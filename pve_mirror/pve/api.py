@@ -11,12 +11,15 @@ in the CLI environment), so its answer is only the UPID: the task's outcome is r
 from ``/nodes/{node}/tasks/{upid}/status`` like for https.
 
 A refused login (401) or a missing privilege (403) is :class:`PveAuthError`: the API
-answered, so it is never taken for a site that is down.
+answered, so it is never taken for a site that is down. Only a connect that timed
+out, was refused or found no route is :class:`PveUnreachableError`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +31,69 @@ from pve_mirror.errors import CommandError, ConfigError, PveApiError
 
 class PveAuthError(PveApiError):
     """The PVE API refused the credentials (HTTP 401) or a privilege (HTTP 403)."""
+
+
+class PveUnreachableError(PveApiError):
+    """The API did not answer: the connection timed out, was refused or had no route.
+
+    Only this may count as "the site is down"; a TLS failure, an HTTP error or an
+    answer that cannot be read come from a site that may well be up.
+    """
+
+    unreachable = True
+
+
+# A connect that failed with one of these never reached the API.
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.ETIMEDOUT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
+
+
+def connect_failed(exc: BaseException) -> bool:
+    """Tell whether ``exc`` (a requests/urllib3 error) is a connect that timed out, was
+    refused or found no route, by walking the exceptions it wraps."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if (
+            isinstance(current, OSError)
+            and not isinstance(current, socket.gaierror)
+            and current.errno in _UNREACHABLE_ERRNOS
+        ):
+            return True
+        if type(current).__name__ == "ConnectTimeoutError":  # urllib3's, any version
+            return True
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        nested += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [n for n in nested if isinstance(n, BaseException)]
+    return False
+
+
+def _bound_requests(session: Any, timeout: float) -> None:
+    """Give every request of ``session`` ``timeout`` unless the caller passes one.
+
+    proxmoxer (1.2 and 2.x) calls ``session.request`` without a timeout, so a peer
+    that accepts the connection and never answers (a hung pveproxy) would block the
+    caller for good; its ``timeout`` only bounds the ticket login.
+    """
+    send = session.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        # requests.Session.request(method, url, params, data, headers, cookies, files,
+        # auth, timeout, ...): a ninth positional argument would be the timeout
+        if kwargs.get("timeout") is None and len(args) < 9:
+            kwargs["timeout"] = timeout
+        return send(*args, **kwargs)
+
+    session.request = request
 
 
 class PveApi(Protocol):
@@ -108,6 +174,9 @@ class HttpsApi:
             verify_ssl=verify,
             timeout=self.endpoint.timeout,
         )
+        session = getattr(self._client, "_store", {}).get("session")
+        if session is not None:
+            _bound_requests(session, self.endpoint.timeout)
         return self._client
 
     def _call(self, method: str, path: str, params: dict[str, Any]) -> Any:
@@ -135,8 +204,15 @@ class HttpsApi:
                 "(set the peer's CA file or api-verify 0)"
             ) from exc
         except requests.exceptions.RequestException as exc:
-            raise PveApiError(
+            # Same message either way; only the class says whether it never connected.
+            kind = PveUnreachableError if connect_failed(exc) else PveApiError
+            raise kind(
                 f"{self.name} API: cannot reach {self.endpoint.url}: {type(exc).__name__}"
+            ) from exc
+        except ValueError as exc:  # the body is not PVE's JSON (a proxy's page, ...)
+            raise PveApiError(
+                f"{self.name} API: {method.upper()} {path}: the answer of "
+                f"{self.endpoint.url} cannot be read ({exc})"
             ) from exc
 
     def get(self, path: str, /, **params: Any) -> Any:
