@@ -1,11 +1,16 @@
 """``pve-mirror failback`` and ``pve-mirror resync``: bring guests home after a failover.
 
-Run on the site that returns (the old source). First this site is made safe: its
-guests are stopped (the hook already refuses to start them), its stale primaries are
-demoted, each image is checked for split-brain (both sites wrote after a forced
-failover) and, only with the operator's ``--yes``, resynced from the peer, and
-replication in the new direction is verified. Then a planned failover brings the
-guests home, as one plan, journalled and resumable like a failover.
+Run on the site that returns (the old source). Before anything changes, each image's
+authority is decided from both sites' mirror snapshot chains (actions/authority.py):
+a failback or resync that would make the older copy win is refused, naming every such
+image and both data ages, unless the admin names the guest with
+``--discard-newer-here``. Then this site is made safe: its guests are stopped (the hook
+already refuses to start them), its stale primaries are demoted (never under a running
+guest), each image is checked for split-brain (both sites wrote after a forced
+failover) and, only with ``--yes`` and the guest named on the command line, resynced
+from the peer; the copy the resync discards stays in the pool's trash
+(``authority.KEEP_DISCARDED_S``). Replication in the new direction is verified. Then a
+planned failover brings the guests home, as one plan, journalled and resumable.
 """
 
 from __future__ import annotations
@@ -14,18 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pve_mirror.actions import authority
 from pve_mirror.actions.context import SiteContext
-from pve_mirror.actions.failover import (
+from pve_mirror.actions.failover import plan_failover
+from pve_mirror.actions.failover_select import (
     PLANNED,
     FailoverOptions,
-    FailoverSteps,
     GuestMove,
-    pause_until,
-    plan_failover,
     select_guests,
     target_node,
 )
+from pve_mirror.actions.failover_steps import FailoverSteps, pause_until
 from pve_mirror.ceph import mirror
+from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
@@ -36,6 +42,8 @@ from pve_mirror.pve.root import GuestType
 
 P_STOP, P_DEMOTE, P_CHECK, P_RESYNC, P_VERIFY = 1, 2, 3, 4, 5
 SPLIT_WAIT = 60.0
+# How long the resync step waits to name the trash entry of the discarded copy.
+TRASH_WAIT = 30.0
 
 
 @dataclass
@@ -47,21 +55,42 @@ class FailbackOptions:
     node: str | None = None
     deadline: float = 600.0
     resync_only: bool = False
+    discard_newer_here: bool = False  # the named guests' older copy at the peer wins
+
+    @property
+    def named(self) -> bool:
+        """Tell whether the guests were named on the command line (not --all)."""
+        return self.guests is not None
+
+    @property
+    def may_resync_split(self) -> bool:
+        """Tell whether a split-brain image may be resynced: ``--yes`` (or the override)
+        with the guests named; one ``--yes`` never covers ``--all``."""
+        return (self.yes or self.discard_newer_here) and self.named
 
 
 def plan_failback(ctx: SiteContext, options: FailbackOptions) -> tuple[Plan, list[GuestMove]]:
-    """Give the failback plan (or, with ``resync_only``, just the resync part)."""
+    """Give the failback plan (or, with ``resync_only``, just the resync part).
+
+    Reads both sites' mirror state first and raises PolicyError (nothing changed) when
+    the peer's copy of an image is not the newest data (see actions/authority.py),
+    unless ``discard_newer_here`` names the guest; CephError if either side cannot be
+    read.
+    """
     peer = ctx.site.peer().name
     here = ctx.site.local_name
     node = target_node(ctx, FailoverOptions(node=options.node))
     fo = FailoverOptions(PLANNED, options.guests, options.node)
     moves = select_guests(ctx, fo, node)
     action = "resync" if options.resync_only else "failback"
+    notes = authority.check(ctx, moves, options.named, options.discard_newer_here, action)
     plan = Plan(action, f"{action} of {' '.join(m.label for m in moves)} from {peer} to {here}")
-    if not options.yes:
+    plan.notes += notes
+    allowed = options.may_resync_split
+    if not allowed:
         plan.notes.append(
-            f"an image found in split-brain is NOT resynced without --yes (resync discards "
-            f"what {here} wrote after the failover)"
+            f"an image found in split-brain is NOT resynced: that needs --yes and the guest "
+            f"named on the command line (resync discards what {here} wrote after the failover)"
         )
     for move in moves:
         g = move.label
@@ -79,7 +108,7 @@ def plan_failback(ctx: SiteContext, options: FailbackOptions) -> tuple[Plan, lis
                           storage=storeid, image=img))  # fmt: skip
             plan.add(step("resync", P_RESYNC, img, g,
                           f"resync {img} from {peer} if it is in split-brain",
-                          storage=storeid, image=img, yes="1" if options.yes else ""))  # fmt: skip
+                          storage=storeid, image=img, yes="1" if allowed else ""))  # fmt: skip
             plan.add(step("verify-replication", P_VERIFY, img, g,
                           f"verify that {img} replicates from {peer} to {here}", mutates=False,
                           storage=storeid, image=img))  # fmt: skip
@@ -138,6 +167,9 @@ class FailbackSteps(FailoverSteps):
         kind, vmid = move.staged.kind, move.staged.vmid
         guest = guest_ops.find_guest(api, kind, vmid)
         if guest is None:
+            # Not listed is "not here" only if the token could see it: fail closed.
+            privileges.require(api, privileges.guest_needs(vmid)[:1],
+                               f"{self.ctx.site.local_name}'s API token")  # fmt: skip
             return
         status = guest_ops.live_status(api, guest.node, kind, vmid)
         if not status.stopped:
@@ -167,14 +199,44 @@ class FailbackSteps(FailoverSteps):
             pause_until(deadline, "split-brain check", delay=1.0)
 
     def resync(self, item: Step) -> str:
+        """Resync a split-brain image from the peer, its discarded copy kept in the trash."""
         if not self._split(item):
             return "not needed"
         if item.param("yes") != "1":
             raise PolicyError(
-                f"{item.param('image')} is in split-brain: rerun with --yes to discard "
-                f"{self.ctx.site.local_name}'s copy and resync it from {self.ctx.site.peer().name}"
+                f"{item.param('image')} is in split-brain: rerun with --yes naming the guest "
+                f"({item.group}) to discard {self.ctx.site.local_name}'s copy and resync it "
+                f"from {self.ctx.site.peer().name}"
             )
-        return mirror.resync(self._local(item), ImageSpec.parse(item.param("image")))
+        spec = ImageSpec.parse(item.param("image"))
+        local = self._local(item)
+        self._confirm_local_stopped(item)
+        # Nothing discarded without a copy: rbd-mirror moves the image it drops for the
+        # resync to the trash and keeps it there this long (measured: docs/admin-guide.md).
+        kept = mirror.keep_discarded(local, spec, authority.KEEP_DISCARDED_S)
+        flagged = time.time()
+        detail = mirror.resync(local, spec)
+        return f"{detail}; {self._discarded(local, spec, flagged, kept)}"
+
+    def _discarded(self, local: Cluster, spec: ImageSpec, since: float, kept: int) -> str:
+        """Give where the copy the resync discards is kept and how to get it back."""
+        deadline = time.monotonic() + TRASH_WAIT
+        while True:
+            found = [e for e in mirror.trash_entries(local, spec) if e.deleted_at >= since - 5]
+            if found:
+                entry = found[-1]
+                until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry.kept_until))
+                pool = spec.pool + (f"/{spec.namespace}" if spec.namespace else "")
+                return (
+                    f"the discarded copy is in the trash of {pool} until {until}: "
+                    f"rbd trash restore --image {spec.image}-discarded {pool}/{entry.image_id}"
+                )
+            if time.monotonic() >= deadline:
+                return (
+                    f"rbd-mirror moves the discarded copy to the trash of {spec.pool} and keeps "
+                    f"it {kept // 3600} h: find it with rbd trash ls --all {spec.pool}"
+                )
+            time.sleep(0.5)
 
     def verify_replication(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))

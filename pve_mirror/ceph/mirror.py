@@ -312,3 +312,96 @@ def is_busy(exc: CephError) -> bool:
         errno.EBUSY,
         errno.EROFS,
     )
+
+
+def chain(cluster: Cluster, spec: ImageSpec) -> tuple[MirrorInfo, list[MirrorSnapshot]] | None:
+    """Give an image's mirror info and every mirror snapshot (each with its time), oldest
+    first, from one open; None if the image does not exist. Raises CephError otherwise."""
+    try:
+        with open_image(cluster, spec, read_only=True) as image:
+            return _info(cluster, spec, image), _mirror_snaps(cluster, spec, image)
+    except NotFoundError:
+        return None
+
+
+# The pool-level override rbd-mirror reads (as the image's config) when it discards an
+# image for a resync: the image goes to the pool's trash and stays there this long.
+DELETE_DELAY_KEY = "conf_rbd_mirroring_delete_delay"
+
+
+def pool_delete_delay(cluster: Cluster, spec: ImageSpec) -> int | None:
+    """Give the pool's (namespace's) ``rbd_mirroring_delete_delay`` override, if set."""
+    # Config overrides live in the pool's own metadata, whatever the namespace.
+    ioctx = cluster.ioctx(spec.pool)
+    what = f"{cluster.access.name}: pool metadata of {spec.pool}"
+    try:
+        value = rbd.RBD().pool_metadata_get(ioctx, DELETE_DELAY_KEY)
+    except (KeyError, rbd.ObjectNotFound):  # python3-rbd 16.2 raises KeyError when unset
+        return None
+    except rbd.Error as exc:
+        raise CephError(f"{what}: {describe_error(exc)}") from exc
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def keep_discarded(cluster: Cluster, spec: ImageSpec, seconds: int) -> int:
+    """Make rbd-mirror keep an image it discards in the pool's trash at least ``seconds``
+    (a pool-level config override; a longer one already set stays). Gives the delay.
+
+    Raises CephError if the pool's metadata cannot be written.
+    """
+    current = pool_delete_delay(cluster, spec)
+    if current is not None and current >= seconds:
+        return current
+    ioctx = cluster.ioctx(spec.pool)
+    ceph_call(
+        f"{cluster.access.name}: set {DELETE_DELAY_KEY} on pool {spec.pool}",
+        lambda: rbd.RBD().pool_metadata_set(ioctx, DELETE_DELAY_KEY, str(seconds)),
+    )
+    return seconds
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    """An image in a pool's trash."""
+
+    image_id: str
+    name: str
+    source: str  # user, mirroring, migration, removing
+    deleted_at: float
+    kept_until: float
+
+
+TRASH_SOURCES = {0: "user", 1: "mirroring", 2: "migration", 3: "removing"}
+
+
+def _trash_source(raw: object) -> str:
+    # python3-rbd 16.2 gives the name ("MIRRORING"); a number is read as librbd's enum.
+    if isinstance(raw, int):
+        return TRASH_SOURCES.get(raw, str(raw))
+    return str(raw).lower()
+
+
+def trash_entries(cluster: Cluster, spec: ImageSpec) -> list[TrashEntry]:
+    """Give the trash entries of the image's pool (namespace) named like the image."""
+    ioctx = cluster.ioctx(spec.pool, spec.namespace)
+    raw = ceph_call(
+        f"{cluster.access.name}: trash list of {spec.pool}",
+        lambda: list(rbd.RBD().trash_list(ioctx)),
+    )
+    out = []
+    for item in raw:
+        if item.get("name") != spec.image:
+            continue
+        out.append(
+            TrashEntry(
+                image_id=str(item["id"]),
+                name=str(item["name"]),
+                source=_trash_source(item.get("source")),
+                deleted_at=librbd_epoch(item["deletion_time"]),
+                kept_until=librbd_epoch(item["deferment_end_time"]),
+            )
+        )
+    return sorted(out, key=lambda e: e.deleted_at)

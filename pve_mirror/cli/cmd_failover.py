@@ -65,8 +65,10 @@ def register(
     p.add_argument(
         "--yes",
         action="store_true",
-        help="resync images in split-brain (discards this site's later writes)",
+        help="resync images in split-brain of the guests named (discards this site's later "
+        "writes; the copy stays in the trash)",
     )
+    _override_arg(p)
     p.set_defaults(handler=_failback)
 
     p = subparsers.add_parser(
@@ -74,8 +76,21 @@ def register(
         help="demote this site's copy of guests' images and resync them from the peer",
     )  # fmt: skip
     _guest_args(p)
-    p.add_argument("--yes", action="store_true", help="really resync images in split-brain")
+    p.add_argument(
+        "--yes", action="store_true",
+        help="really resync images in split-brain (only of the guests named)",
+    )  # fmt: skip
+    _override_arg(p)
     p.set_defaults(handler=_resync)
+
+
+def _override_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--discard-newer-here",
+        action="store_true",
+        help="with guests named (never --all): let the peer's older copy win although this "
+        "site holds newer data (that data is discarded; the copy stays in the trash)",
+    )
 
 
 def _selection(args: argparse.Namespace) -> list[tuple[GuestType, int]] | None:
@@ -108,9 +123,12 @@ def _failover(args: argparse.Namespace) -> CommandResult:
 
 
 def _failback(args: argparse.Namespace, resync_only: bool = False) -> CommandResult:
+    if args.discard_newer_here and args.all:
+        raise UsageError("--discard-newer-here needs the guests named (vm|ct <vmid>...), not --all")
     options = failback.FailbackOptions(
-        guests=_selection(args), yes=args.yes, node=args.node, resync_only=resync_only
-    )
+        guests=_selection(args), yes=args.yes, node=args.node, resync_only=resync_only,
+        discard_newer_here=args.discard_newer_here,
+    )  # fmt: skip
     with SiteContext.load(args.root) as ctx:
         plan, moves = failback.plan_failback(ctx, options)
         return plan_command(
