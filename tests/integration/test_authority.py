@@ -97,6 +97,12 @@ def test_wrong_site_failback_is_refused_and_a_resync_keeps_a_copy(
     wait_beats(b, vm, 2, exclude=set(runs(b, vm)) - {boot_b})  # site-b's run goes on
     no_all = sites.cli(b, "failback", "--all", "--discard-newer-here")
     assert no_all.rc == 2, no_all.out + no_all.err
+    # the override passes the authority check, but resync never demotes under a live guest
+    guarded = sites.cli(b, "resync", "--discard-newer-here", "vm", str(vm.vmid))
+    assert guarded.rc == 1, guarded.out + guarded.err
+    assert "--discard-newer-here given" in guarded.err, guarded.err
+    assert "refusing to demote" in guarded.out, guarded.out
+    assert rbdtools.is_primary(b.ceph, vm.image) and running(b, vm)
 
     # --- the right site: site-a wrote after the split (a real split-brain) -------------
     mine = os.urandom(4096)
