@@ -48,6 +48,8 @@ def forced(sites: Sites) -> Iterator[tuple[Sites, Guest, int]]:
         start(a, vm)
         boot_a = wait_beats(a, vm, 3)
         sync(sites, a)
+        # a forced promote needs a complete copy (a busy machine may still be making it)
+        rbdtools.wait_replicated(a.ceph, b.ceph, vm.image)
         sites.lab.stop_site("site-a")
         try:
             done = sites.cli(b, "failover", "--force", "vm", str(vm.vmid))
