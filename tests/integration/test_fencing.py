@@ -75,6 +75,9 @@ def test_a_live_peer_on_an_untrusted_certificate_is_not_down(sites: Sites) -> No
         forced = sites.cli(b, "failover", "--force", "--dry-run", "vm", str(vm.vmid))
         with swapped(priv(b, "site-a.ca.pem"), None):
             cut = sites.cli(b, "failover", "--force", "--dry-run", "vm", str(vm.vmid))
+        # the admin who fenced site-a another way may say so
+        told = sites.cli(b, "failover", "--force", "--yes-i-know", "--dry-run", "vm", str(vm.vmid))
+        assert told.rc == 0 and "forced failover" in told.out, told.out + told.err
     assert forced.rc == 4, forced.out + forced.err
     assert "cannot tell that site-a is down" in forced.err, forced.err
     assert "TLS verification" in forced.err, forced.err
@@ -93,6 +96,9 @@ def test_a_peer_whose_keyring_is_missing_here_is_not_down(sites: Sites) -> None:
         # the API still answers here: the refusal names it; with --yes-i-know the
         # remaining doubt is the Ceph one alone, and it is overridden
         assert "site-a still answers (API)" in forced.err, forced.err
+        planned = sites.cli(b, "failover", "--dry-run", "vm", str(vm.vmid))
+        assert planned.rc == 4 and "cannot ask site-a (Ceph:" in planned.err, planned.err
+        assert "use --force" not in planned.err, planned.err
         with swapped(priv(b, "site-a.token"), None):
             both = sites.cli(b, "failover", "--force", "--dry-run", "vm", str(vm.vmid))
     assert both.rc == 4, both.out + both.err

@@ -4,6 +4,7 @@ and Ceph errors say whether the peer never answered (only that counts as down)."
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import socket
 import threading
@@ -16,7 +17,7 @@ from pve_mirror.actions import fence
 from pve_mirror.ceph.access import ClusterAccess
 from pve_mirror.ceph.cluster import CephUnreachableError, Cluster
 from pve_mirror.errors import CephError, ConfigError, PveApiError
-from pve_mirror.pve.api import HttpsApi, HttpsEndpoint, PveUnreachableError
+from pve_mirror.pve.api import HttpsApi, HttpsEndpoint, PveUnreachableError, connect_failed
 from pve_mirror.pve.siteconfig import load_site_config
 
 
@@ -152,3 +153,23 @@ def test_status_names_the_fence_and_who_set_it(tmp_path: Path) -> None:
     assert len(lines) == 2, lines
     assert lines[0].startswith("site-a is fenced by site-b since ") and "VM 100" in lines[0]
     assert lines[1].startswith("site-a declared lost by site-b since ")
+
+
+def test_only_a_failed_connect_counts_as_unreachable() -> None:
+    import requests
+
+    def wrapped(cause: BaseException) -> requests.exceptions.ConnectionError:
+        try:
+            try:
+                raise cause
+            except OSError as exc:
+                raise requests.exceptions.ConnectionError("wrapped") from exc
+        except requests.exceptions.ConnectionError as outer:
+            return outer
+
+    assert connect_failed(wrapped(OSError(errno.EHOSTUNREACH, "No route to host")))
+    assert connect_failed(wrapped(OSError(errno.ENETUNREACH, "Network is unreachable")))
+    assert connect_failed(requests.exceptions.ConnectTimeout("connect timeout"))
+    assert not connect_failed(wrapped(OSError(errno.ECONNRESET, "reset by peer")))
+    assert not connect_failed(wrapped(socket.gaierror(-2, "Name or service not known")))
+    assert not connect_failed(requests.exceptions.ReadTimeout("read timeout"))
