@@ -39,6 +39,7 @@ from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, NotFoundError, PolicyError
 from pve_mirror.pve import guest_ops, privileges
 from pve_mirror.pve.root import GuestType
+from pve_mirror.waiting import Backoff
 
 P_STOP, P_DEMOTE, P_CHECK, P_RESYNC, P_VERIFY = 1, 2, 3, 4, 5
 SPLIT_WAIT = 60.0
@@ -80,7 +81,7 @@ def plan_failback(ctx: SiteContext, options: FailbackOptions) -> tuple[Plan, lis
     peer = ctx.site.peer().name
     here = ctx.site.local_name
     node = target_node(ctx, FailoverOptions(node=options.node))
-    fo = FailoverOptions(PLANNED, options.guests, options.node)
+    fo = FailoverOptions(PLANNED, options.guests, options.node, returning=True)
     moves = select_guests(ctx, fo, node)
     action = "resync" if options.resync_only else "failback"
     notes = authority.check(ctx, moves, options.named, options.discard_newer_here, action)
@@ -242,6 +243,8 @@ class FailbackSteps(FailoverSteps):
         spec = ImageSpec.parse(item.param("image"))
         peer = self.ctx.peer()
         local = self._local(item)
+        if mirror.mirror_info(peer, spec).mode == "journal":
+            return self._verify_journal(spec, local)
         snap = mirror.create_snapshot(peer, spec)
         deadline = self._deadline()
         while True:
@@ -257,6 +260,26 @@ class FailbackSteps(FailoverSteps):
             ):
                 return f"snapshot {snap} replicated"
             pause_until(deadline, f"{spec} does not replicate from the peer", delay=0.5)
+
+    def _verify_journal(self, spec: ImageSpec, local: Cluster) -> str:
+        """A journal-mode image has no mirror snapshot to wait for: its copy here must
+        exist, be a non-primary copy, and be replayed (rbd-mirror says ``replaying``)."""
+        backoff = Backoff(self._deadline(), first=0.2)
+        while True:
+            state = "?"
+            try:
+                if not mirror.mirror_info(local, spec).primary:
+                    status = mirror.image_status(local, spec)
+                    # "replaying, {...}", "starting_replay", or "status not found"
+                    state = str(status.get("description", "")).split(",")[0] or "no status"
+                    state = "no status" if state == "status not found" else state
+            except (CephError, NotFoundError):
+                state = "?"  # rbd-mirror deletes and recreates the image during a resync
+            if state == "replaying":
+                return f"journal mode: {state}"
+            if state == "no status":
+                return "journal mode: a non-primary copy here (rbd-mirror reports no status)"
+            backoff.pause(f"{spec} does not replay from the peer (journal mode: {state or '?'})")
 
 
 def run_failback(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pve_mirror.actions import preflight
+from pve_mirror.actions import failover_preflight, preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.failover_select import (
     DEFAULT_DEADLINE,
@@ -30,6 +30,7 @@ from pve_mirror.actions.failover_select import (
     target_node,
 )
 from pve_mirror.actions.failover_steps import FailoverSteps, pause_until
+from pve_mirror.actions.staging import load_staged
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, step
 
@@ -73,11 +74,17 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
     if not forced:
         preflight.check_planned_source(ctx, guests)
     preflight.check_local_api(ctx, guests)
+    staged_set = load_staged(ctx.root.path, source)
+    for staged in staged_set.guests:
+        preflight.clear_stale_lock(staged)  # as the install will
+    checked = failover_preflight.check_moves(
+        ctx, moves, staged_set, forced=forced, returning=options.returning
+    )
     names = " ".join(m.label for m in moves)
     on = ", ".join(sorted({m.node for m in moves}))
     plan = Plan("failover", f"{'forced' if forced else 'planned'} failover of {names} "
                 f"from {source} to {target} ({on})")  # fmt: skip
-    plan.notes += lock_notes
+    plan.notes += lock_notes + checked
     if forced:
         plan.notes.append(
             f"{source} is not reachable: its images are promoted with force; {source} must be "
@@ -144,7 +151,7 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                     f"promote {img} on {target}{' (forced)' if forced else ''}",
                     storage=storeid,
                     image=img,
-                    force="1" if forced else "",
+                    force=forced,
                 )
             )
             plan.add(
@@ -153,9 +160,11 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                     P_SCHEDULE,
                     img,
                     g,
-                    f"schedule mirror snapshots of {img} on {target}",
+                    f"schedule mirror snapshots of {img} on {target}"
+                    + (f" every {move.schedule}" if move.schedule else ""),
                     storage=storeid,
                     image=img,
+                    schedule=move.schedule,
                 )
             )
         plan.add(
@@ -181,8 +190,12 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                 node=move.node,
             )
         )
-        plan.add(step("record", P_RECORD, g, g, f"record {g} in pve-mirror.cfg",
-                      mode="snapshot", schedule=""))  # fmt: skip
+        kept = ", ".join(
+            [f"{move.mode} mode" if move.mode else "mode of its images"]
+            + [f"schedule {move.schedule}"] * bool(move.schedule)
+        )
+        plan.add(step("record", P_RECORD, g, g, f"record {g} in pve-mirror.cfg ({kept})",
+                      mode=move.mode, schedule=move.schedule))  # fmt: skip
         plan.add(step("start", P_START + orders.index(move.order), g, g,
                       f"start {g} on {move.node}" + ("" if move.order == UNORDERED
                                                      else f" (boot order {move.order})"),

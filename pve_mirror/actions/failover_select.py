@@ -31,6 +31,7 @@ class FailoverOptions:
     yes_i_know: bool = False
     stop_mirror_daemon: bool = False
     deadline: float = DEFAULT_DEADLINE
+    returning: bool = False  # the failback's failover part: its own steps stop and demote first
     skip_invalid: bool = False  # --all: leave out invalid staged configs (else refused)
     left_out: list[str] = field(default_factory=list)  # filled by select_guests
 
@@ -44,6 +45,10 @@ class GuestMove:
     order: int
     label: str
     modes: dict[ImageSpec, str] = field(default_factory=dict)
+    # Mode and schedule it keeps here: the sender's (manifest), else this site's old
+    # record of it; "" when neither says (then the image's own mode, the default schedule).
+    mode: str = ""
+    schedule: str = ""
     node: str = ""  # where its config goes and it starts
 
 
@@ -134,6 +139,8 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
                 UNORDERED if order is None else order,
                 guest_prefix(ref),
                 node=here,
+                mode=staged.mirror_mode or (entry.mode if entry else ""),
+                schedule=staged.mirror_schedule or (entry.schedule if entry else None) or "",
             )  # fmt: skip
         )
     return moves

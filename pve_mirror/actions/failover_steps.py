@@ -9,9 +9,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from pve_mirror.actions import fence, preflight
+from pve_mirror.actions import failover_preflight, fence, preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.failover_select import FailoverOptions, GuestMove
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions
@@ -23,11 +24,11 @@ from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.plan import Step
 from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
+from pve_mirror.policy import MODES
 from pve_mirror.pve import guest_ops, privileges
-from pve_mirror.pve.disks import resolve_guest_disks
-from pve_mirror.pve.root import GuestRef, GuestType
 from pve_mirror.pve.siteconfig import parse_guest_id
 from pve_mirror.pve.storage import RbdStorage
+from pve_mirror.waiting import Backoff
 
 
 class FailoverSteps:
@@ -62,7 +63,7 @@ class FailoverSteps:
             "schedule": self.schedule,
             "set-aside": self.set_aside,
             "install-config": self.install_config,
-            "record": self.mirroring.record,
+            "record": self.record,
             "start": self.start,
             "fence-note": self.fence_note,
             "stop-mirror-daemon": self.stop_mirror_daemon,
@@ -122,7 +123,7 @@ class FailoverSteps:
     def wait_copied(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
         peer, local = self.ctx.peer(), self._local(item)
-        deadline = self._deadline()
+        backoff = Backoff(self._deadline(), first=0.2)
         while True:
             info = mirror.mirror_info(peer, spec)
             if not info.primary or info.mode != "snapshot":
@@ -136,7 +137,7 @@ class FailoverSteps:
                 state = sync_state(mirror.mirror_snapshots(peer, spec), here)
                 if state.in_sync:
                     return f"holds snapshot {state.synced_primary}"
-            pause_until(deadline, f"{spec} not copied to {self.ctx.site.local_name} in time")
+            backoff.pause(f"{spec} not copied to {self.ctx.site.local_name} in time")
 
     def demote_source(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
@@ -147,7 +148,7 @@ class FailoverSteps:
     def wait_demoted(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
         local = self._local(item)
-        deadline = self._deadline()
+        backoff = Backoff(self._deadline(), first=0.2)
         while True:
             info = mirror.mirror_info(local, spec)
             if info.primary:
@@ -157,15 +158,13 @@ class FailoverSteps:
             snaps = mirror.mirror_snapshots(local, spec)
             if snaps and snaps[-1].state == "non-primary-demoted" and snaps[-1].complete:
                 return "demotion arrived"
-            pause_until(
-                deadline, f"the demotion of {spec} did not reach {self.ctx.site.local_name}"
-            )
+            backoff.pause(f"the demotion of {spec} did not reach {self.ctx.site.local_name}")
 
     def promote(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
         local = self._local(item)
-        force = item.param("force") == "1"
-        deadline = self._deadline()
+        force = item.flag("force")
+        backoff = Backoff(self._deadline(), first=0.2)
         while True:
             try:
                 return mirror.promote(local, spec, force=force)
@@ -173,7 +172,7 @@ class FailoverSteps:
                 # Right after a demotion the peer's rbd-mirror may still hold the lock.
                 if force or not mirror.is_busy(exc):
                     raise
-                pause_until(deadline, str(exc))
+                backoff.pause(str(exc))
 
     def schedule(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
@@ -182,9 +181,24 @@ class FailoverSteps:
         if info.mode != "snapshot":
             return "journal mode: no schedule"
         entry = self.ctx.site.guest(*parse_guest_id(item.group))
-        return schedule.add_schedule(
-            local, spec, (entry.schedule if entry else None) or DEFAULT_SCHEDULE
+        interval = (
+            _param(item, "schedule") or (entry.schedule if entry else None) or DEFAULT_SCHEDULE
         )
+        return schedule.add_schedule(local, spec, interval)
+
+    def record(self, item: Step) -> str:
+        """Record the guest in pve-mirror.cfg with the mode and schedule it had (the
+        mode of its first image here when the plan could not say)."""
+        if item.param("mode"):
+            return self.mirroring.record(item)
+        move = self.moves[item.group]
+        mode: str | None = "snapshot"
+        if move.images:
+            storeid, spec = move.images[0]
+            probe = replace(item, params=(("storage", storeid),))
+            mode = mirror.mirror_info(self._local(probe), spec).mode
+        params = dict(item.params) | {"mode": mode if mode in MODES else "snapshot"}
+        return self.mirroring.record(replace(item, params=tuple(sorted(params.items()))))
 
     def set_aside(self, item: Step) -> str:
         """Move this site's old config of the guest (left by an earlier move) out of nodes/.
@@ -211,22 +225,10 @@ class FailoverSteps:
         return f"moved to {', '.join(moved)}" if moved else "no old config"
 
     def _check_leftover(self, path: Path, move: GuestMove) -> None:
-        kind: GuestType = "qemu" if path.parent.name == "qemu-server" else "lxc"
-        ref = GuestRef(move.staged.vmid, kind, path.parent.parent.name, path)
-        storages = self.ctx.root.storage_config()
-        for disk in resolve_guest_disks(ref, self.ctx.root.read_guest(ref), storages, strict=False):
-            storage = storages.get(disk.storage or "")
-            if not disk.mirrorable or disk.spec is None or not isinstance(storage, RbdStorage):
-                continue
-            cluster = self.ctx.local(storage)
-            if (
-                mirror.image_exists(cluster, disk.spec)
-                and mirror.mirror_info(cluster, disk.spec).primary
-            ):
-                raise PolicyError(
-                    f"{move.label} already exists here ({path}) and its disk {disk.key} "
-                    f"({disk.spec}) is primary here: refusing to replace a live guest"
-                )
+        """Raise PolicyError unless ``path`` is this guest's own leftover, not live here."""
+        problems = failover_preflight.leftover_problems(self.ctx, path, move)
+        if problems:
+            raise PolicyError(f"{move.label}: {'; '.join(problems)}")
 
     def install_config(self, item: Step) -> str:
         move = self.moves[item.group]
@@ -245,8 +247,16 @@ class FailoverSteps:
         return guest_ops.ensure_running(api, node, kind, int(item.param("vmid")), self._deadline())
 
     def fence_note(self, item: Step) -> str:
+        images = {
+            label: [(storeid, str(spec)) for storeid, spec in move.images]
+            for label, move in self.moves.items()
+        }
         path = fence.write_note(
-            self.ctx.root.path, item.param("source"), self.ctx.site.local_name, list(self.moves)
+            self.ctx.root.path,
+            item.param("source"),
+            self.ctx.site.local_name,
+            list(self.moves),
+            images,
         )
         return f"recorded in {path}"
 
@@ -257,8 +267,17 @@ class FailoverSteps:
         return "stopped (start it again with: systemctl start ceph-rbd-mirror.target)"
 
 
+def _param(item: Step, name: str) -> str:
+    """Give a step parameter that journals of older versions may lack ("" then)."""
+    try:
+        return item.param(name)
+    except KeyError:
+        return ""
+
+
 def pause_until(deadline: float, why: str, delay: float = 0.2) -> None:
-    """Sleep briefly before the next poll; raise CephError(why) once past ``deadline``."""
+    """Sleep ``delay`` (at most until ``deadline``) before the next poll; raise
+    CephError(why) once past ``deadline``. A loop that polls often uses Backoff."""
     if time.monotonic() >= deadline:
         raise CephError(f"timed out: {why}")
     time.sleep(min(delay, max(0.0, deadline - time.monotonic())))

@@ -33,10 +33,17 @@ def note_path(root: Path, fenced: str) -> Path:
     return root / "pve-mirror" / f"fence-{fenced}.json"
 
 
-def write_note(root: Path, fenced: str, by: str, guests: list[str]) -> Path:
+def write_note(
+    root: Path,
+    fenced: str,
+    by: str,
+    guests: list[str],
+    images: dict[str, list[tuple[str, str]]] | None = None,
+) -> Path:
     """Record that ``fenced`` must stay fenced since ``by`` promoted ``guests`` by force.
 
-    Gives the path of the note.
+    ``images``: per guest label, its ``(storage ID, pool/image)`` pairs here, so that
+    ``site unfence`` can check them after the guest's config has left. Gives the path.
     """
     path = note_path(root, fenced)
     note = {
@@ -45,6 +52,9 @@ def write_note(root: Path, fenced: str, by: str, guests: list[str]) -> Path:
         "by": by,
         "at": time.time(),
         "guests": sorted(guests),
+        "images": {
+            g: [list(pair) for pair in pairs] for g, pairs in sorted((images or {}).items())
+        },
         "why": "images promoted with force; the source still considers itself primary",
     }
     # Atomic: the hook on every node reads this note before it lets a guest start.
@@ -76,6 +86,12 @@ class Note:
     by: str
     at: float
     guests: tuple[str, ...] = ()
+    # per guest label: (storage ID, pool/image) pairs as the note recorded them
+    images: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def image_pairs(self, label: str) -> list[tuple[str, str]]:
+        """Give the recorded (storage ID, pool/image) pairs of guest ``label``."""
+        return next((list(pairs) for g, pairs in self.images if g == label), [])
 
     def since(self) -> str:
         """Give ``at`` as UTC text."""
@@ -121,7 +137,24 @@ def _read(
         return None
     guests = data.get("guests", [])
     labels = tuple(str(g) for g in guests) if isinstance(guests, list) else ()
-    return Note(path, peer, local, float(at), labels)
+    return Note(path, peer, local, float(at), labels, _images(data.get("images")))
+
+
+def _images(raw: object) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """Give the note's images in a checked form; whatever is malformed is left out."""
+    if not isinstance(raw, dict):
+        return ()
+    out = []
+    for label, pairs in sorted(raw.items()):
+        if not isinstance(pairs, list):
+            continue
+        good = tuple(
+            (str(p[0]), str(p[1]))
+            for p in pairs
+            if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        )
+        out.append((str(label), good))
+    return tuple(out)
 
 
 def status_lines(root: Path, site: SiteConfig) -> list[str]:

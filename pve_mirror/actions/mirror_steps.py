@@ -9,7 +9,6 @@ enabled meanwhile), and the guests' entries reach pve-mirror.cfg in few writes
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -22,6 +21,7 @@ from pve_mirror.errors import CephError, PolicyError
 from pve_mirror.policy import parse_mode
 from pve_mirror.pve.siteconfig import GuestEntry, SiteConfig, load_site_config, parse_guest_id
 from pve_mirror.pve.storage import RbdStorage
+from pve_mirror.waiting import Backoff
 
 PURGE_DEADLINE = 120.0
 # rbd_support runs one schedule command at a time (each a pass over every scheduled
@@ -156,13 +156,9 @@ class StepFunctions:
     def wait_peer_gone(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))
         peer = self.ctx.peer()
-        deadline = time.monotonic() + PURGE_DEADLINE
-        delay = 0.2
+        backoff = Backoff.within(PURGE_DEADLINE, first=0.2, most=2.0)
         while mirror.image_exists(peer, spec):
-            if time.monotonic() > deadline:
-                raise CephError(f"the peer still has {spec} after {PURGE_DEADLINE:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            backoff.pause(f"the peer still has {spec} after {PURGE_DEADLINE:.0f} s")
         return "peer copy deleted"
 
     def record(self, item: Step) -> str:

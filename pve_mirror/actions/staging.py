@@ -33,6 +33,7 @@ from pve_mirror.errors import (
     NotFoundError,
     PolicyError,
 )
+from pve_mirror.policy import MODES, MirrorMode, parse_mode
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import CONFIG_DIRS, LABELS, GuestType
 from pve_mirror.pve.storage import decode_config
@@ -47,6 +48,7 @@ KIND_BY_DIR: dict[str, GuestType] = {d: k for k, d in CONFIG_DIRS.items()}
 CONFIG_MODE = 0o640
 
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", re.ASCII)
+_INTERVAL = re.compile(r"[1-9]\d{0,5}[mhd]", re.ASCII)  # rbd's mirror snapshot schedule
 _CONF_NAME = re.compile(r"([1-9]\d{2,8})\.conf", re.ASCII)
 _NODE_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?", re.ASCII)
 _BRIDGE = re.compile(r"(?:^|,)bridge=([^,]+)")
@@ -82,6 +84,9 @@ class StagedGuest:
     storages: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     stripped: list[str] = field(default_factory=list)  # removed by the content policy
+    # How the sender mirrors it (None: an older sender did not say).
+    mirror_mode: MirrorMode | None = None
+    mirror_schedule: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -219,6 +224,22 @@ def load_staged(root: Path, from_site: str, allow: frozenset[str] | None = None)
     return result
 
 
+def _read_mirror_settings(staged: StagedGuest, raw: object) -> None:
+    """Take the sender's mode and schedule of ``staged`` from its manifest entry, if valid."""
+    if raw is None:
+        return
+    mode = raw.get("mode") if isinstance(raw, dict) else None
+    schedule = raw.get("schedule") if isinstance(raw, dict) else None
+    if mode not in MODES or not (schedule is None or isinstance(schedule, str)):
+        staged.problems.append(f"{MANIFEST}: invalid mirror settings {raw!r} for {staged.name}")
+        return
+    if schedule is not None and not _INTERVAL.fullmatch(schedule):
+        staged.problems.append(f"{MANIFEST}: invalid schedule {schedule!r} for {staged.name}")
+        return
+    staged.mirror_mode = parse_mode(mode)
+    staged.mirror_schedule = schedule
+
+
 def _valid_relative(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and parts[0] in KIND_BY_DIR and bool(_CONF_NAME.fullmatch(parts[1]))
@@ -284,6 +305,7 @@ def _load_one(
         storages = meta.get("storages")
         if isinstance(storages, dict):
             staged.storages = {str(k): str(v) for k, v in storages.items()}
+        _read_mirror_settings(staged, meta.get("mirror"))
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
         staged.problems.append(f"{path}: is a symlink, refused")

@@ -42,7 +42,7 @@ from pve_mirror.errors import ConfigError, NotFoundError, PveMirrorError
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.guestconfig import GuestConfig
 from pve_mirror.pve.root import LABELS, ConfigRoot, GuestRef
-from pve_mirror.pve.siteconfig import PeerSite, load_site_config
+from pve_mirror.pve.siteconfig import GuestEntry, PeerSite, load_site_config
 from pve_mirror.pve.storage import StorageConfig, decode_config
 
 SOURCE_DIR_PLACEHOLDER = Path("<tmpdir>")
@@ -79,6 +79,7 @@ class SyncItem:
     """One guest config to send."""
 
     ref: GuestRef
+    entry: GuestEntry | None = None  # how it is mirrored here: goes along in the manifest
 
     @property
     def name(self) -> str:
@@ -152,7 +153,7 @@ def plan_sync(root: Path) -> SyncPlan:
                 f"({ref.path}); not sent"
             )
             continue
-        items.append(SyncItem(ref))
+        items.append(SyncItem(ref, entry))
     warnings.extend(config_root.warnings)
     destination = rsync.remote_spec(options, remote_dir + "/")
     plan = Plan("sync", f"send {len(items)} guest config(s) from {local} to {destination}")
@@ -254,6 +255,9 @@ def run_sync(sync_plan: SyncPlan, *, progress: Progress | None = None) -> SyncRe
                 "synced_at": synced_at,
                 "storages": _storages_of(item.ref, data, storages),
             }
+            if item.entry is not None:
+                # The receiver records the guest with these after a failover.
+                meta["mirror"] = {"mode": item.entry.mode, "schedule": item.entry.schedule}
             with lock:
                 files[item.name] = meta
             return f"{len(data)} bytes, sha256 {digest[:12]}"

@@ -19,8 +19,10 @@ from pve_mirror.actions import fence
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.preflight import SOURCE_PROBE_S
 from pve_mirror.ceph.cluster import Cluster, connected
+from pve_mirror.ceph.imagespec import ImageSpec
 from pve_mirror.ceph.mirror import mirror_info
-from pve_mirror.errors import NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
+from pve_mirror.pve.storage import RbdStorage
 
 _LABEL = re.compile(r"^(vm|ct)[ :](\d+)$", re.IGNORECASE)
 
@@ -90,7 +92,8 @@ def unfence(ctx: SiteContext, *, risk: bool, dry_run: bool) -> dict[str, Any]:
         data["problems"].append(f"{peer} cannot be asked ({exc})")
     else:
         for label in note.guests if note is not None else ():
-            _check_guest(ctx, peer_cluster, label, data)
+            recorded = note.image_pairs(label) if note is not None else []
+            _check_guest(ctx, peer_cluster, label, data, recorded)
     if data["problems"] and not risk:
         raise PolicyError(
             f"not unfencing {peer}: {'; '.join(data['problems'])}. Fail it back first "
@@ -104,28 +107,59 @@ def unfence(ctx: SiteContext, *, risk: bool, dry_run: bool) -> dict[str, Any]:
     return data
 
 
-def _check_guest(ctx: SiteContext, peer_cluster: Cluster, label: str, data: dict[str, Any]) -> None:
+def _check_guest(
+    ctx: SiteContext,
+    peer_cluster: Cluster,
+    label: str,
+    data: dict[str, Any],
+    recorded: list[tuple[str, str]],
+) -> None:
     """Add to ``data`` every image of guest ``label`` that is primary at both sites, or
-    why the guest cannot be checked."""
+    why the guest cannot be checked. Its images: from its config here, else (it has
+    left, e.g. failed back) the ``recorded`` ones of the fence note."""
     match = _LABEL.match(label.strip())
     if match is None:
         data["problems"].append(f"{label}: not a guest label")
         return
     try:
-        ref = ctx.guests(match.group(1).lower(), [int(match.group(2))])[0]
-        disks, _others = ctx.disks(ref)
-        for disk in disks:
-            here = mirror_info(ctx.local(disk.storage), disk.spec)
+        for storage, spec in _images(ctx, match, recorded):
+            here = mirror_info(ctx.local(storage), spec)
             try:
-                there = mirror_info(peer_cluster, disk.spec)
+                there = mirror_info(peer_cluster, spec)
             except NotFoundError:
                 there = None
             both = here.primary and there is not None and there.primary
-            data["checked"].append({"guest": label, "image": str(disk.spec), "two_primaries": both})
+            data["checked"].append({"guest": label, "image": str(spec), "two_primaries": both})
             if both:
-                data["problems"].append(f"{label}: {disk.spec} is primary at both sites")
+                data["problems"].append(f"{label}: {spec} is primary at both sites")
     except PveMirrorError as exc:
         data["problems"].append(f"{label}: cannot check ({exc})")
+
+
+def _images(
+    ctx: SiteContext, match: re.Match[str], recorded: list[tuple[str, str]]
+) -> list[tuple[RbdStorage, ImageSpec]]:
+    """Give the guest's mirrored images: from its config here, else from ``recorded``.
+
+    Raises NotFoundError if neither names them, ConfigError for a recorded storage that
+    is not RBD here.
+    """
+    try:
+        ref = ctx.guests(match.group(1).lower(), [int(match.group(2))])[0]
+    except NotFoundError:
+        if not recorded:
+            raise
+    else:
+        disks, _others = ctx.disks(ref)
+        return [(disk.storage, disk.spec) for disk in disks]
+    storages = ctx.root.storage_config()
+    out = []
+    for storeid, image in recorded:
+        storage = storages.get(storeid)
+        if not isinstance(storage, RbdStorage):
+            raise ConfigError(f"storage {storeid} of {image} is not an RBD storage here")
+        out.append((storage, ImageSpec.parse(image)))
+    return out
 
 
 def render_unfence(data: dict[str, Any]) -> str:

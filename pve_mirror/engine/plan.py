@@ -38,6 +38,10 @@ class Step:
                 return value
         raise KeyError(f"step {self.id} has no parameter {name!r}")
 
+    def flag(self, name: str) -> bool:
+        """Give a yes/no parameter (set from a bool by :func:`step`); KeyError if unset."""
+        return self.param(name) == "1"
+
     def to_dict(self) -> dict[str, Any]:
         """Give the step as plain data for json/yaml output."""
         return {
@@ -60,9 +64,13 @@ def step(
     description: str,
     *,
     mutates: bool = True,
-    **params: str,
+    **params: str | int | bool,
 ) -> Step:
-    """Give a Step whose id is ``kind:subject``."""
+    """Give a Step whose id is ``kind:subject``.
+
+    Parameters are kept as text (the journal's fingerprint covers them): a bool as
+    ``"1"``/``""`` (read back with :meth:`Step.flag`), a number in decimal.
+    """
     return Step(
         id=f"{kind}:{subject}",
         kind=kind,
@@ -70,7 +78,7 @@ def step(
         description=description,
         subject=subject,
         group=group,
-        params=tuple(sorted(params.items())),
+        params=tuple(sorted((key, _text(value)) for key, value in params.items())),
         mutates=mutates,
     )
 
@@ -130,3 +138,9 @@ class Plan:
                 number += 1
                 lines.append(f"  {number:3d}. [{s.group}] {s.description}")
         return "\n".join(lines)
+
+
+def _text(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else ""
+    return str(value)

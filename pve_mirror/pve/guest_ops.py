@@ -23,6 +23,7 @@ from typing import Any
 
 from pve_mirror.errors import PveApiError
 from pve_mirror.pve.api import PveApi
+from pve_mirror.waiting import Backoff
 
 SHUTDOWN_TIMEOUT = 120
 # A VM runs when QEMU runs it; paused, io-error, prelaunch, suspended are stopped CPUs.
@@ -168,11 +169,6 @@ def stop_guest(api: PveApi, node: str, kind: str, vmid: int) -> str:
     return str(api.post(f"/nodes/{node}/{kind}/{vmid}/status/stop"))
 
 
-def _pause(delay: float) -> float:
-    time.sleep(delay)
-    return min(delay * 2, 1.0)
-
-
 def wait_task(api: PveApi, node: str, upid: str, deadline: float) -> str:
     """Wait until the task ends; give its exitstatus if it succeeded (OK or WARNINGS: N).
 
@@ -187,7 +183,7 @@ def task_result(api: PveApi, node: str, upid: str, deadline: float) -> TaskResul
 
     Raises PveApiError as :func:`wait_task` does.
     """
-    delay = 0.1
+    backoff = Backoff(deadline, first=0.1, most=1.0)
     while True:
         data: dict[str, Any] = api.get(f"/nodes/{node}/tasks/{upid}/status")
         if data.get("status") == "stopped":
@@ -202,7 +198,7 @@ def task_result(api: PveApi, node: str, upid: str, deadline: float) -> TaskResul
             return TaskResult(upid, exitstatus, warnings)
         if time.monotonic() >= deadline:
             raise PveApiError(f"task {upid} still running after the deadline")
-        delay = _pause(delay)
+        backoff.pause(f"task {upid}", PveApiError)
 
 
 def ensure_stopped(
@@ -262,7 +258,7 @@ def _wait_status(
     label: str,
 ) -> LiveStatus:  # fmt: skip
     """Poll ``status/current`` until the guest runs (or is stopped); give the status."""
-    delay = 0.1
+    backoff = Backoff(deadline, first=0.1, most=1.0)
     while True:
         status = live_status(api, node, kind, vmid)
         if status.running if want_running else status.stopped:
@@ -277,7 +273,7 @@ def _wait_status(
         if time.monotonic() >= deadline:
             want = "running" if want_running else "stopped"
             raise PveApiError(f"{label} is not {want} by the deadline: it is {status.describe()}")
-        delay = _pause(delay)
+        backoff.pause(label, PveApiError)
 
 
 def _last_ha_task(api: PveApi, node: str, vmid: int, dtype: str) -> str:
