@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
@@ -115,6 +114,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640, *, dir_mode: int = 
     except OSError as exc:
         raise fs_error(exc, path.parent, "create the directory") from exc
     # A per-call random part: threads of one process may write the same file.
+    import secrets  # here: it loads hashlib and hmac, which a read-only hook never needs
+
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)

@@ -24,7 +24,6 @@ Ceph adapters, nothing of the API clients.
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 from pve_mirror.actions.hook_check import (
@@ -76,6 +75,8 @@ def snippet_text(root: str | None = None, pythonpath: str | None = None) -> str:
     puts ``pythonpath`` (where pve_mirror is when Debian's python3 would not find it)
     before Debian's package directory on ``PYTHONPATH``.
     """
+    import shlex  # here, not at the top: a guest start never writes a snippet
+
     lines = [
         "#!/bin/sh",
         "# pve-mirror guest hookscript. PVE runs it as: <script> <vmid> <phase>.",
