@@ -12,7 +12,9 @@ installs the hook with ``pve-mirror hook install`` and times, as PVE would run t
   left of the hook's median after this one is its own work (configs, Ceph, exit);
 - the installed snippet at pre-start (this site's check and the peer's: site-b's Ceph
   access is written where ``site init`` puts it);
-- the same check through the full CLI (``python3 -m pve_mirror hook run``).
+- the same check through the full CLI (``python3 -m pve_mirror hook run``);
+- with ``--baseline REV``, the same snippet running pve_mirror as it was at commit
+  REV (``git archive`` into a temporary directory): a before/after in one run.
 
 Prints median and p90 of each, the latency added to the no-op hook and the ratio
 to it, and appends one JSON line to bench/results.jsonl (``--json`` another file,
@@ -20,6 +22,7 @@ to it, and appends one JSON line to bench/results.jsonl (``--json`` another file
 taken in turns, so that a change of load on a shared machine hits them alike.
 
     PVE_MIRROR_LAB_DIR=/tmp/lab /usr/bin/python3 -m bench.hook_latency [--runs 30]
+        [--baseline REV]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import record  # noqa: E402
+from pve_mirror.actions.hook import snippet_text  # noqa: E402
 from pve_mirror.ceph.access import ClusterAccess  # noqa: E402
 from pve_mirror.ceph.cluster import connected  # noqa: E402
 from pve_mirror.ceph.imagespec import ImageSpec  # noqa: E402
@@ -84,6 +89,20 @@ def in_turns(
     return samples
 
 
+def baseline_hook(rev: str, root: Path, into: Path) -> Path:
+    """Give a hookscript running pve_mirror as of commit ``rev``, written under ``into``
+    (the package extracted there and byte-compiled, as the .deb leaves it)."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "pve_mirror"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(into)], check=True)
+    script = into / "pve-mirror-hook"
+    script.write_text(snippet_text(str(root), str(into)))
+    script.chmod(0o755)
+    return script
+
+
 def p90(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
@@ -93,6 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", metavar="FILE", help="where the JSON line goes ('-': none)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the hook as of commit REV")
     args = parser.parse_args()
     load = os.getloadavg()
     lab = CephLab()
@@ -131,19 +151,23 @@ def main() -> int:
     cli_env = dict(ENV, PYTHONPATH=str(REPO), PVE_MIRROR_ROOT=str(site.root))
     imports_env = dict(ENV, PYTHONPATH=f"{REPO}:/usr/lib/python3/dist-packages")
     cli_argv = ["/usr/bin/python3", "-m", "pve_mirror", "hook", "run", str(vmid), "pre-start"]
+    variants: dict[str, tuple[list[str], dict[str, str]]] = {
+        "no-op shell hook": ([str(noop), str(vmid), "pre-start"], ENV),
+        "python3 -c pass": (["/usr/bin/python3", "-c", "pass"], ENV),
+        "python3 -S -c pass": (["/usr/bin/python3", "-S", "-c", "pass"], ENV),
+        IMPORTS: (["/usr/bin/python3", "-S", "-c", HOOK_IMPORTS], imports_env),
+    }
+    scratch = tempfile.TemporaryDirectory(prefix="hook-baseline-")
+    if args.baseline:
+        # Next to the current hook in every turn, so that a change of load hits both alike.
+        old = baseline_hook(args.baseline, site.root, Path(scratch.name))
+        variants[f"{HOOK}, code of {args.baseline}"] = ([str(old), str(vmid), "pre-start"], ENV)
+    variants[HOOK] = ([str(hook), str(vmid), "pre-start"], ENV)
+    variants["pve-mirror hook run (full CLI)"] = (cli_argv, cli_env)
     try:
-        results = in_turns(
-            {
-                "no-op shell hook": ([str(noop), str(vmid), "pre-start"], ENV),
-                "python3 -c pass": (["/usr/bin/python3", "-c", "pass"], ENV),
-                "python3 -S -c pass": (["/usr/bin/python3", "-S", "-c", "pass"], ENV),
-                IMPORTS: (["/usr/bin/python3", "-S", "-c", HOOK_IMPORTS], imports_env),
-                HOOK: ([str(hook), str(vmid), "pre-start"], ENV),
-                "pve-mirror hook run (full CLI)": (cli_argv, cli_env),
-            },
-            args.runs,
-        )
+        results = in_turns(variants, args.runs)
     finally:
+        scratch.cleanup()
         import rbd
 
         with ceph.ioctx() as ioctx:
