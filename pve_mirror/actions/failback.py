@@ -29,7 +29,7 @@ from pve_mirror.actions.failover_select import (
     select_guests,
     target_node,
 )
-from pve_mirror.actions.failover_steps import FailoverSteps, pause_until
+from pve_mirror.actions.failover_steps import FailoverSteps, pause_until, replay_state
 from pve_mirror.ceph import mirror
 from pve_mirror.ceph.cluster import Cluster
 from pve_mirror.ceph.imagespec import ImageSpec
@@ -269,10 +269,7 @@ class FailbackSteps(FailoverSteps):
             state = "?"
             try:
                 if not mirror.mirror_info(local, spec).primary:
-                    status = mirror.image_status(local, spec)
-                    # "replaying, {...}", "starting_replay", or "status not found"
-                    state = str(status.get("description", "")).split(",")[0] or "no status"
-                    state = "no status" if state == "status not found" else state
+                    state = replay_state(local, spec)
             except (CephError, NotFoundError):
                 state = "?"  # rbd-mirror deletes and recreates the image during a resync
             if state == "replaying":

@@ -185,7 +185,7 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                 P_INSTALL,
                 g,
                 g,
-                f"install {move.staged.name} on node {move.node}",
+                f"install {move.staged.name} on node {move.node} ({move.node_why})",
                 vmid=vmid,
                 node=move.node,
             )

@@ -170,7 +170,12 @@ def _image_problems(
         return [f"{spec} has no copy at {here} (is it enabled and replicated?)"]
     info = mirror.mirror_info(cluster, spec)
     if info.state != "enabled":
-        return [f"{spec} is not mirrored at {here} (mirroring {info.state})"]
+        # librbd's RBD_MIRROR_IMAGE_CREATING (3): rbd-mirror is still creating the copy
+        creating = info.state in ("3", "creating")
+        if creating and not forced and _mirrored_from_peer(ctx, spec):
+            return []
+        state = "being created" if creating else info.state
+        return [f"{spec} is not mirrored at {here} yet (mirroring {state})"]
     if info.primary:
         return []  # promoted by an earlier run of this failover
     if info.mode == "snapshot":

@@ -3,16 +3,19 @@ and the node each one lands on."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.mirroring import guest_prefix
+from pve_mirror.actions.placement import Placement, Wish, guest_memory, node_rooms, place
 from pve_mirror.actions.staging import StagedGuest, load_staged
 from pve_mirror.actions.staging_check import map_storages
 from pve_mirror.actions.staging_install import existing_configs
 from pve_mirror.ceph.imagespec import ImageSpec
-from pve_mirror.errors import NotFoundError, PolicyError
+from pve_mirror.errors import ConfigError, NotFoundError, PolicyError, PveMirrorError
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import CONFIG_DIRS, GuestRef, GuestType
 
@@ -50,6 +53,7 @@ class GuestMove:
     mode: str = ""
     schedule: str = ""
     node: str = ""  # where its config goes and it starts
+    node_why: str = ""  # why there (shown in the plan)
 
 
 def _startup_order(staged: StagedGuest) -> int | None:
@@ -68,8 +72,28 @@ def home_node(root: Path, vmid: int, default: str) -> str:
     A guest that comes back after a round trip lands on the node it left, not on one
     node for all.
     """
+    return last_node(root, vmid) or default
+
+
+# What set-aside names a moved config: <node>-<qemu-server|lxc>-<vmid>.conf.<epoch>
+_ASIDE = re.compile(
+    r"(?P<node>[A-Za-z0-9][A-Za-z0-9\-]*)-(?:qemu-server|lxc)-(?P<vmid>\d+)\.conf\.(?P<at>\d+)"
+)
+
+
+def last_node(root: Path, vmid: int) -> str | None:
+    """Give the node where this site last had guest ``vmid``: of a config in ``nodes/``,
+    else of the newest copy a failover set aside in ``pve-mirror/stale/`` (so that a
+    rerun after the set-aside places the guest where the first run did); else None."""
     found = existing_configs(root, vmid)
-    return found[0].parent.parent.name if found else default
+    if found:
+        return found[0].parent.parent.name
+    try:
+        names = os.listdir(root / "pve-mirror" / "stale")
+    except OSError:
+        return None
+    aside = [m for m in map(_ASIDE.fullmatch, names) if m and int(m["vmid"]) == vmid]
+    return max(aside, key=lambda m: int(m["at"]))["node"] if aside else None
 
 
 def target_node(ctx: SiteContext, options: FailoverOptions) -> str:
@@ -112,12 +136,14 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
         chosen = staged_set.named(options.guests)
     storages = ctx.root.storage_config()
     entries = {(e.kind, e.vmid): e for e in ctx.site.guests()}
+    placements = _placements(ctx, options, chosen)
     moves = []
     for staged in chosen:
         assert staged.config is not None
         config = map_storages(staged.config, staged_set.storage_map)
         sub = CONFIG_DIRS[staged.kind]
-        here = node if options.node else home_node(ctx.root.path, staged.vmid, node)
+        placed = placements[staged.label]
+        here = placed.node
         ref = GuestRef(
             staged.vmid,
             staged.kind,
@@ -139,8 +165,53 @@ def select_guests(ctx: SiteContext, options: FailoverOptions, node: str) -> list
                 UNORDERED if order is None else order,
                 guest_prefix(ref),
                 node=here,
+                node_why=placed.why,
                 mode=staged.mirror_mode or (entry.mode if entry else ""),
                 schedule=staged.mirror_schedule or (entry.schedule if entry else None) or "",
             )  # fmt: skip
         )
     return moves
+
+
+def _placements(
+    ctx: SiteContext, options: FailoverOptions, chosen: list[StagedGuest]
+) -> dict[str, Placement]:
+    """Give each chosen guest's node here (see pve_mirror.actions.placement).
+
+    Raises ConfigError for a node map naming a node this site does not have,
+    PolicyError for guests that fit on no node.
+    """
+    nodes = node_names(ctx.root.path)
+    if options.node:
+        return {g.label: Placement(options.node, "--node") for g in chosen}
+    node_map = ctx.site.node_map()
+    for here in node_map:
+        if here not in nodes:
+            raise ConfigError(
+                f"nodemap: {here} in pve-mirror.cfg is not a node of this site "
+                f"({', '.join(nodes)})"
+            )
+    from_peer = {peer_node: here for here, peer_node in node_map.items()}
+    try:
+        rooms, why = node_rooms(ctx.local_api(), nodes)
+    except PveMirrorError as exc:
+        rooms, why = {}, f"no local API: {exc}"
+    wishes = []
+    for g in chosen:
+        memory = g.config.main.get("memory") if g.config is not None else None
+        wishes.append(
+            Wish(
+                g.label,
+                guest_memory(memory),
+                home=last_node(ctx.root.path, g.vmid),
+                mapped=from_peer.get(g.source_node or ""),
+            )
+        )
+    fallback = ctx.site.local_node if ctx.site.local_node in nodes else None
+    return place(wishes, rooms, why, ctx.site.local_name, fallback)
+
+
+def node_names(root: Path) -> list[str]:
+    """Give the nodes of this site: the directories under ``<root>/nodes``."""
+    base = root / "nodes"
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []

@@ -126,8 +126,17 @@ class FailoverSteps:
         backoff = Backoff(self._deadline(), first=0.2)
         while True:
             info = mirror.mirror_info(peer, spec)
-            if not info.primary or info.mode != "snapshot":
+            if not info.primary:
                 return "nothing to wait for"
+            if info.mode == "journal":
+                # The demotion travels in the journal, but only a copy that rbd-mirror
+                # replays receives it: a promote during the initial image sync makes a
+                # split-brain. So wait until the copy here is replaying.
+                replay = replay_state(local, spec)
+                if replay == "replaying":
+                    return "journal mode: the copy here is replaying"
+                backoff.pause(f"the journal copy of {spec} here is {replay}, not replaying")
+                continue
             try:
                 here = mirror.mirror_snapshots(local, spec)
             except NotFoundError:
@@ -265,6 +274,17 @@ class FailoverSteps:
 
         execute.run(["systemctl", "stop", "ceph-rbd-mirror.target"], timeout=60)
         return "stopped (start it again with: systemctl start ceph-rbd-mirror.target)"
+
+
+def replay_state(cluster: Cluster, spec: ImageSpec) -> str:
+    """Give the first word of rbd-mirror's status of a copy (``replaying``, ``syncing``,
+    ``starting_replay``, ...), ``missing`` before it exists, ``no status`` without one."""
+    try:
+        description = str(mirror.image_status(cluster, spec).get("description", ""))
+    except NotFoundError:
+        return "missing"
+    word = description.split(",")[0].strip()
+    return "no status" if word in ("", "status not found") else word
 
 
 def _param(item: Step, name: str) -> str:

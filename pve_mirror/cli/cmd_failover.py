@@ -16,7 +16,9 @@ def _guest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("guest_type", nargs="?", choices=("vm", "ct"), metavar="vm|ct")
     p.add_argument("vmids", nargs="*", type=parse_vmid, metavar="vmid")
     p.add_argument("--all", action="store_true", help="every guest the peer has synced here")
-    p.add_argument("--node", help="node of this site that receives the guests")
+    p.add_argument(
+        "--node", help="node of this site that receives every guest (default: placement)"
+    )
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
 
 

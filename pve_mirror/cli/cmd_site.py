@@ -43,7 +43,10 @@ def register(
         help="file holding that token's secret (copied, 0600)",
     )
     p.add_argument("--api-ca", type=Path, metavar="FILE", help="CA certificate of --api-url")
-    p.add_argument("--node", metavar="NODE", help="node of this site that receives guests")
+    p.add_argument(
+        "--node", metavar="NODE",
+        help="node of this site that receives guests when node memory is unknown",
+    )  # fmt: skip
     p.add_argument(
         "--peer-ceph-conf",
         type=Path,

@@ -113,8 +113,16 @@ class Plan:
         return [[s for s in self.steps if s.phase == n] for n in numbers]
 
     def fingerprint(self) -> str:
-        """Give a short hash of what the plan does: reruns of the same command share it."""
-        body = json.dumps([self.action, [s.to_dict() for s in self.steps]], sort_keys=True)
+        """Give a short hash of what the plan does: reruns of the same command share it.
+
+        It covers each step's id, kind, phase, guest and parameters, not its wording: a
+        description may say why (a guest's node "by the node map" on the first run, "its
+        old config is there" on the rerun) while the step does the same.
+        """
+        body = json.dumps(
+            [self.action, [s.to_dict() | {"description": ""} for s in self.steps]],
+            sort_keys=True,
+        )
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,9 @@ The file is in SectionConfig format like ``storage.cfg`` so that it lives in
     storagemap: ceph-rbd
         target ceph-rbd
 
+    nodemap: pve-a1
+        target pve-b1
+
     guest: vm:100
         mode snapshot
         schedule 5m
@@ -98,6 +101,12 @@ FORMAT = SectionFormat(
         },
         "storagemap": {
             "target": Prop(string(r"[a-z][a-z0-9\-_.]*[a-z0-9]", "storage ID")),
+            "comment": Prop(string()),
+        },
+        # nodemap: <node here>  target <the peer's node>: a guest that comes from that
+        # peer node lands on this one (and the other way round at the peer).
+        "nodemap": {
+            "target": Prop(string(r"[A-Za-z0-9][A-Za-z0-9\-]*", "node name")),
             "comment": Prop(string()),
         },
         "guest": {
@@ -289,6 +298,10 @@ class SiteConfig:
     def storage_map(self) -> dict[str, str]:
         """Give local storage ID -> peer storage ID for the storages with an explicit entry."""
         return {s.id: s.get("target") or s.id for s in self._sections("storagemap")}
+
+    def node_map(self) -> dict[str, str]:
+        """Give node here -> the peer's node, for the nodes with a ``nodemap`` entry."""
+        return {s.id: s.get("target") or s.id for s in self._sections("nodemap")}
 
     def peer_storage(self, storeid: str) -> str:
         """Give the peer's storage ID for a local one (the same ID unless mapped)."""

@@ -38,7 +38,7 @@ def test_all_refuses_and_names_every_invalid_guest(tmp_path: Path) -> None:
 
 def test_skip_invalid_leaves_them_out_and_lists_them(tmp_path: Path) -> None:
     root = _staged_site(tmp_path)
-    options = FailoverOptions(skip_invalid=True)
+    options = FailoverOptions(skip_invalid=True, node="pve-b1")
     with SiteContext.load(root) as ctx:
         moves = select_guests(ctx, options, "pve-b1")
     assert [m.staged.vmid for m in moves] == [500]

@@ -95,10 +95,14 @@ def cluster_resources(sim: Simulator, req: Request, m: re.Match[str]) -> Any:
                 entry["hastate"] = hastate
             out.append(entry)
     if rtype in (None, "", "node"):
+        used = node_memory(sim)
         for n in nodes:
             entry = {"id": f"node/{n}", "type": "node", "node": n, "status": "online"}
+            # pvestatd's node stats (PVE::API2::Cluster resources: only with Sys.Audit)
             if sim.access.allowed(req.user, f"/nodes/{n}", ["Sys.Audit"]):
-                entry.update({"level": "", "maxcpu": 2, "cpu": 0.01})
+                mem = used.get(n, NODE_BASE_MEM)
+                entry.update({"level": "", "maxcpu": 2, "cpu": 0.01, "maxmem": NODE_MAXMEM,
+                              "mem": mem})  # fmt: skip
             out.append(entry)
     if rtype in (None, "", "storage"):
         storages = config.read_storage_cfg(sim.root)
@@ -113,6 +117,22 @@ def cluster_resources(sim: Simulator, req: Request, m: re.Match[str]) -> Any:
                      "shared": 1 if s.type == "rbd" else int(s.props.get("shared", "0"))}
                 )  # fmt: skip
     return out
+
+
+# Each lab node has 16 GiB, 1 GiB of it used by the host; a running guest uses its
+# ``memory`` (qemu-server and pve-container default to 512 MiB).
+NODE_MAXMEM = 16 << 30
+NODE_BASE_MEM = 1 << 30
+
+
+def node_memory(sim: Simulator) -> dict[str, int]:
+    """Give each node's used memory in bytes: the host's share and its running guests'."""
+    used: dict[str, int] = {}
+    for g in config.list_guests(sim.root):
+        if sim.running(g.vmid) is not None:
+            mib = int(g.values.get("memory", "512").split(",")[0] or 512)
+            used[g.node] = used.get(g.node, NODE_BASE_MEM) + (mib << 20)
+    return used
 
 
 def node_list(sim: Simulator, req: Request, m: re.Match[str]) -> Any:
