@@ -163,21 +163,8 @@ class FailbackSteps(FailoverSteps):
 
     def _confirm_local_stopped(self, item: Step) -> None:
         """Raise PolicyError unless the image's guest is stopped here right now."""
-        move = self.moves[item.group]
-        api = self.ctx.local_api()
-        kind, vmid = move.staged.kind, move.staged.vmid
-        guest = guest_ops.find_guest(api, kind, vmid)
-        if guest is None:
-            # Not listed is "not here" only if the token could see it: fail closed.
-            privileges.require(api, privileges.guest_needs(vmid)[:1],
-                               f"{self.ctx.site.local_name}'s API token")  # fmt: skip
-            return
-        status = guest_ops.live_status(api, guest.node, kind, vmid)
-        if not status.stopped:
-            raise PolicyError(
-                f"{move.label} is {status.describe()} here ({guest.node}): refusing to demote "
-                f"its image {item.param('image')}"
-            )
+        here = self.ctx.site.local_name
+        self.confirm_stopped(item, self.ctx.local_api(), here, "here", "demote")
 
     def _split(self, item: Step) -> bool:
         status = mirror.image_status(self._local(item), ImageSpec.parse(item.param("image")))

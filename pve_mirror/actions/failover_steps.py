@@ -26,6 +26,7 @@ from pve_mirror.engine.plan import Step
 from pve_mirror.errors import CephError, ConfigError, NotFoundError, PolicyError
 from pve_mirror.policy import MODES
 from pve_mirror.pve import guest_ops, privileges
+from pve_mirror.pve.api import PveApi
 from pve_mirror.pve.siteconfig import parse_guest_id
 from pve_mirror.pve.storage import RbdStorage
 from pve_mirror.waiting import Backoff
@@ -94,19 +95,24 @@ class FailoverSteps:
     def _confirm_source_stopped(self, item: Step) -> None:
         """Raise PolicyError unless the guest owning this image is stopped on the source
         right now (status/current): no snapshot or demotion under a running guest."""
+        peer = self.ctx.site.peer().name
+        self.confirm_stopped(item, self.ctx.peer_api(), peer, f"on {peer}", "touch")
+
+    def confirm_stopped(self, item: Step, api: PveApi, site: str, where: str, verb: str) -> None:
+        """Raise PolicyError unless the guest of this image is stopped at ``site`` (its
+        ``api``) right now. A guest the API does not list counts as stopped only if
+        the token could have seen it (privilege separation): fail closed."""
         move = self.moves[item.group]
-        api = self.ctx.peer_api()
         kind, vmid = move.staged.kind, move.staged.vmid
         guest = guest_ops.find_guest(api, kind, vmid)
         if guest is None:
-            privileges.require(api, privileges.guest_needs(vmid)[:1],
-                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
+            privileges.require(api, privileges.guest_needs(vmid)[:1], f"{site}'s API token")
             return
         status = guest_ops.live_status(api, guest.node, kind, vmid)
         if not status.stopped:
             raise PolicyError(
-                f"{move.label} is {status.describe()} on {self.ctx.site.peer().name} "
-                f"({guest.node}): refusing to touch its image {item.param('image')}"
+                f"{move.label} is {status.describe()} {where} ({guest.node}): refusing to "
+                f"{verb} its image {item.param('image')}"
             )
 
     def final_snapshot(self, item: Step) -> str:
