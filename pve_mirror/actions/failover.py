@@ -30,6 +30,7 @@ from pve_mirror.actions.failover_select import (
     target_node,
 )
 from pve_mirror.actions.failover_steps import FailoverSteps, pause_until
+from pve_mirror.actions.guest_extras_steps import add_steps as add_extra_steps
 from pve_mirror.actions.staging import load_staged
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, step
@@ -200,6 +201,7 @@ def plan_failover(ctx: SiteContext, options: FailoverOptions) -> tuple[Plan, lis
                       f"start {g} on {move.node}" + ("" if move.order == UNORDERED
                                                      else f" (boot order {move.order})"),
                       guest_type=kind, vmid=vmid, node=move.node))  # fmt: skip
+        add_extra_steps(plan, move, staged_set, source, forced)  # firewall rules, HA
     if forced:
         plan.add(
             step(

@@ -15,6 +15,7 @@ from pathlib import Path
 from pve_mirror.actions import failover_preflight, fence, preflight
 from pve_mirror.actions.context import SiteContext
 from pve_mirror.actions.failover_select import FailoverOptions, GuestMove
+from pve_mirror.actions.guest_extras_steps import GuestExtrasSteps
 from pve_mirror.actions.mirroring import DEFAULT_SCHEDULE, StepFunctions
 from pve_mirror.actions.staging import StagedSet, load_staged
 from pve_mirror.actions.staging_install import existing_configs, install_staged, render_for_install
@@ -53,8 +54,9 @@ class FailoverSteps:
             return self._staged
 
     def table(self) -> dict[str, Callable[[Step], str]]:
-        """Give kind -> function."""
-        return {
+        """Give kind -> function (the firewall and HA steps: actions/guest_extras_steps)."""
+        extras = GuestExtrasSteps(self.ctx, self.moves, self._staged_set).table()
+        return extras | {
             "stop-source": self.stop_source,
             "final-snapshot": self.final_snapshot,
             "wait-copied": self.wait_copied,

@@ -27,6 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pve_mirror.actions.guest_extras import (
+    FIREWALL_DIR,
+    HaResource,
+    load_staged_firewall,
+    parse_ha,
+)
 from pve_mirror.actions.staging_policy import apply_policy, site_allow
 from pve_mirror.errors import (
     ConfigError,
@@ -87,6 +93,9 @@ class StagedGuest:
     # How the sender mirrors it (None: an older sender did not say).
     mirror_mode: MirrorMode | None = None
     mirror_schedule: str | None = None
+    # What travels with the config (actions/guest_extras.py); None: the guest has none.
+    firewall: bytes | None = None
+    ha: HaResource | None = None
 
     @property
     def ok(self) -> bool:
@@ -190,6 +199,9 @@ def load_staged(root: Path, from_site: str, allow: frozenset[str] | None = None)
         path = directory / entry
         if entry == MANIFEST:
             continue
+        if entry == FIREWALL_DIR:
+            _check_firewall_dir(path, listed, result.problems)
+            continue
         if entry not in KIND_BY_DIR:
             result.problems.append(f"{path}: unexpected entry in the staging area, ignored")
             continue
@@ -222,6 +234,24 @@ def load_staged(root: Path, from_site: str, allow: frozenset[str] | None = None)
             result.problems.append(f"{directory / name}: listed in {MANIFEST} but missing")
     result.guests.sort(key=lambda g: (g.vmid, g.kind))
     return result
+
+
+def _check_firewall_dir(path: Path, listed: dict[str, dict[str, Any]], problems: list[str]) -> None:
+    """Report what in the staged ``firewall/`` belongs to no staged guest (each guest's
+    own file is checked with the guest)."""
+    if not stat.S_ISDIR(path.lstat().st_mode):
+        problems.append(f"{path}: not a directory (a symlink?), ignored")
+        return
+    vmids = {str(meta.get("vmid")) for meta in listed.values() if isinstance(meta, dict)}
+    for name in sorted(os.listdir(path)):
+        if not (name.endswith(".fw") and name[:-3] in vmids):
+            problems.append(f"{path / name}: no staged guest has this firewall file, ignored")
+
+
+def _read_ha(staged: StagedGuest, raw: object) -> None:
+    """Take the guest's HA resource from its manifest entry (a problem if invalid)."""
+    staged.ha, problems = parse_ha(raw)
+    staged.problems += [f"{MANIFEST}: {staged.name}: {p}" for p in problems]
 
 
 def _read_mirror_settings(staged: StagedGuest, raw: object) -> None:
@@ -306,6 +336,8 @@ def _load_one(
         if isinstance(storages, dict):
             staged.storages = {str(k): str(v) for k, v in storages.items()}
         _read_mirror_settings(staged, meta.get("mirror"))
+        _read_ha(staged, meta.get("ha"))
+    staged.firewall = load_staged_firewall(path.parent.parent, vmid, meta, staged.problems)
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
         staged.problems.append(f"{path}: is a symlink, refused")

@@ -44,6 +44,9 @@ class GuestCheck:
             "notes": list(self.notes),
             "stripped": list(staged.stripped),
             "bridges": list(self.bridges),
+            # what travels with the config (actions/guest_extras.py)
+            "firewall": None if staged.firewall is None else f"{len(staged.firewall)} bytes",
+            "ha": None if staged.ha is None else staged.ha.to_dict(),
         }
 
 

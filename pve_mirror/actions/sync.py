@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pve_mirror import rsync
+from pve_mirror.actions.guest_extras import firewall_name, read_firewall, read_ha
 from pve_mirror.actions.staging import (
     MANIFEST,
     MANIFEST_FORMAT,
@@ -255,12 +256,13 @@ def run_sync(sync_plan: SyncPlan, *, progress: Progress | None = None) -> SyncRe
                 "synced_at": synced_at,
                 "storages": _storages_of(item.ref, data, storages),
             }
+            extras = _stage_extras(sync_plan.root, item, work, meta)
             if item.entry is not None:
                 # The receiver records the guest with these after a failover.
                 meta["mirror"] = {"mode": item.entry.mode, "schedule": item.entry.schedule}
             with lock:
                 files[item.name] = meta
-            return f"{len(data)} bytes, sha256 {digest[:12]}"
+            return f"{len(data)} bytes, sha256 {digest[:12]}{extras}"
 
         def manifest(_step: Step) -> str:
             body = {
@@ -282,6 +284,32 @@ def run_sync(sync_plan: SyncPlan, *, progress: Progress | None = None) -> SyncRe
         outcomes = execute_plan(sync_plan.plan, functions, None, concurrency=4, progress=progress)
         body = {"files": dict(sorted(files.items()))}
     return SyncResult(sync_plan, outcomes, body, changed, argv)
+
+
+def _stage_extras(root: Path, item: SyncItem, work: Path, meta: dict[str, Any]) -> str:
+    """Stage the guest's firewall file in ``work`` and put it and the guest's HA resource
+    into its manifest entry ``meta`` (actions/guest_extras.py); give what was added
+    (for the step's detail). Raises ConfigError if either cannot be read."""
+    vmid = item.ref.vmid
+    try:
+        firewall = read_firewall(root, vmid)
+        ha = read_ha(root, item.ref.kind, vmid)
+    except (OSError, ValueError) as exc:
+        why = f"{item.ref.label}: cannot read its firewall or HA resource: {exc}"
+        raise ConfigError(why) from exc
+    added = ""
+    if firewall is not None:
+        target = work / firewall_name(vmid)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(firewall)
+        meta["firewall"] = {"sha256": hashlib.sha256(firewall).hexdigest(), "size": len(firewall)}
+        added += ", firewall rules"
+    if ha is not None:
+        meta["ha"] = ha
+        added += f", HA resource ({ha.get('state')})"
+    return added
 
 
 def _read_config(ref: GuestRef) -> tuple[bytes, float]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.lab.pvesim import confapi, config, resources
+from tests.lab.pvesim import confapi, config, ha, resources
 from tests.lab.pvesim.access import ROOT, Access, effective_permissions, permissions
 from tests.lab.pvesim.config import ConfigError, GuestConfig
 from tests.lab.pvesim.errors import ApiError, param_error
@@ -120,6 +120,9 @@ class Simulator:
             self._route(method, rf"{guest}/config", lambda r, m: confapi.update_config(self, r, m))
         for action in ACTIONS:
             self._route("POST", rf"{guest}/status/(?P<action>{action})", self.power.status_action)
+        self._route("GET", r"/cluster/ha/resources", self._ha_index)
+        self._route("POST", r"/cluster/ha/resources", self._ha_write)
+        self._route("PUT", r"/cluster/ha/resources/(?P<sid>[^/]+)", self._ha_write)
         self._route("GET", rf"/nodes/{node}/tasks", self._task_list)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/status", self._task_status)
         self._route("GET", rf"/nodes/{node}/tasks/(?P<upid>[^/]+)/log", self._task_log)
@@ -213,6 +216,23 @@ class Simulator:
         if path:
             return {path: permissions(cfg, userid, path)}
         return effective_permissions(cfg, userid)
+
+    def _ha_index(self, req: Request, m: re.Match[str]) -> Any:
+        """GET /cluster/ha/resources: Sys.Audit on / (PVE::API2::HA::Resources index)."""
+        self.access.check(req.user, "/", ["Sys.Audit"])
+        return ha.api_index(self.ha)
+
+    def _ha_write(self, req: Request, m: re.Match[str]) -> Any:
+        """POST /cluster/ha/resources, PUT .../{sid}: Sys.Console on / (create, update)."""
+        self.access.check(req.user, "/", ["Sys.Console"])
+        sid = m.groupdict().get("sid") or req.params.get("sid", "")
+        exists = {g.vmid for g in config.list_guests(self.root)}
+        try:
+            ha.api_write(self.ha, sid, dict(req.params), create=m.groupdict().get("sid") is None,
+                         guest_exists=exists.__contains__)  # fmt: skip
+        except ValueError as exc:
+            raise ApiError(500, str(exc)) from None
+        return None
 
     def _status_index(self, req: Request, m: re.Match[str]) -> Any:
         node, vmid = self.node_name(m["node"]), self.vmid(m["vmid"])

@@ -330,3 +330,70 @@ class HaStack:
             self._write(MANAGER_STATUS, json.dumps(status, sort_keys=True))
         except OSError as exc:  # a read-only /etc/pve must not stop the HA rounds
             log.warning("cannot write %s: %s", MANAGER_STATUS, exc)
+
+
+# ---- the API (pve-ha-manager's PVE::API2::HA::Resources) -----------------------------------
+
+HA_KEYS = ("state", "group", "max_restart", "max_relocate", "comment")
+_SID_RE = re.compile(r"(vm|ct):(\d+)")
+
+
+def api_index(stack: HaStack) -> list[dict[str, object]]:
+    """GET /cluster/ha/resources (``index``): every resource with its properties
+    (Sys.Audit on / in PVE: checked by the caller)."""
+    out: list[dict[str, object]] = []
+    for section in stack.sections().values():
+        entry: dict[str, object] = {"sid": section.sid, "type": section.type}
+        entry.update(dict(section.props))
+        out.append(entry)
+    return out
+
+
+def api_write(
+    stack: HaStack,
+    sid: str,
+    params: dict[str, str],
+    *,
+    create: bool,
+    guest_exists: Callable[[int], bool],
+) -> None:
+    """POST /cluster/ha/resources (``create``) or PUT /cluster/ha/resources/{sid}
+    (``update``): as PVE, create refuses a defined sid (``resource ID '<sid>' already
+    defined``) and a guest without a config anywhere in the cluster (the resource
+    plugin's ``exists``), both refuse an unknown group (check_group_exists) and update
+    refuses an undefined sid. Raises ValueError with PVE's message."""
+    m = _SID_RE.fullmatch(sid)
+    if m is None:
+        raise ValueError(f"unable to parse service id '{sid}'")
+    unknown = sorted(set(params) - set(HA_KEYS) - {"sid"})
+    if unknown:
+        raise ValueError(f"property is not defined in schema: {unknown[0]}")
+    group = params.get("group")
+    if group and group not in _groups(stack.root):
+        raise ValueError(f"group '{group}' does not exist")
+    with stack._lock:
+        sections = list(stack.sections().values())
+        match = [s for s in sections if s.sid == sid]
+        if create and match:
+            raise ValueError(f"resource ID '{sid}' already defined")
+        if not create and not match:
+            raise ValueError(f"no such resource '{sid}'")
+        if create:
+            if not guest_exists(int(m.group(2))):
+                raise ValueError(f"resource '{sid}' does not exist in cluster")
+            match = [Section(m.group(1), int(m.group(2)))]
+            sections.append(match[0])
+        for key in HA_KEYS:
+            if key in params:
+                match[0].set(key, params[key])
+        stack._write(RESOURCES, render_resources(sections))
+
+
+def _groups(root: Path) -> set[str]:
+    try:
+        text = (root / "ha" / "groups.cfg").read_text()
+    except FileNotFoundError:
+        return set()
+    return {
+        line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("group:")
+    }
