@@ -153,6 +153,11 @@ def _check_text(data: dict[str, Any]) -> str:
         lines += [f"    stripped: {s}" for s in guest["stripped"]]
         lines += [f"    missing: {m}" for m in guest["missing"]]
         lines += [f"    note: {n}" for n in guest["notes"]]
+        if guest.get("firewall"):
+            lines.append(f"    firewall rules: {guest['firewall']}")
+        if guest.get("ha"):
+            shown = ", ".join(f"{k} {v}" for k, v in guest["ha"].items())
+            lines.append(f"    HA resource: {shown}")
     lines += [f"  problem: {p}" for p in data["problems"]]
     if not data["guests"] and not data["problems"]:
         lines.append("  (no guest configs staged)")

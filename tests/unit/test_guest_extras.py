@@ -261,7 +261,7 @@ def test_the_simulated_ha_api_refuses_as_pve(tmp_path: Path) -> None:
     exists = {100}.__contains__
     with pytest.raises(ValueError, match="does not exist in cluster"):
         ha.api_write(stack, "vm:101", {"state": "started"}, create=True, guest_exists=exists)
-    with pytest.raises(ValueError, match="group 'g' does not exist"):
+    with pytest.raises(ValueError, match="groups have been migrated to rules"):
         ha.api_write(stack, "vm:100", {"group": "g"}, create=True, guest_exists=exists)
     with pytest.raises(ValueError, match="no such resource"):
         ha.api_write(stack, "vm:100", {"state": "ignored"}, create=False, guest_exists=exists)
@@ -270,6 +270,9 @@ def test_the_simulated_ha_api_refuses_as_pve(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="already defined"):
         ha.api_write(stack, "vm:100", {}, create=True, guest_exists=exists)
     ha.api_write(stack, "vm:100", {"state": "ignored"}, create=False, guest_exists=exists)
+    (tmp_path / "ha" / "groups.cfg").write_text("group: g\n\tnodes pve1\n")
+    with pytest.raises(ValueError, match="HA group 'h' does not exist"):
+        ha.api_write(stack, "vm:100", {"group": "h"}, create=False, guest_exists=exists)
     assert ha.api_index(stack) == [
         {"sid": "vm:100", "type": "vm", "state": "ignored", "max_restart": "2"}
     ]

@@ -358,19 +358,22 @@ def api_write(
     guest_exists: Callable[[int], bool],
 ) -> None:
     """POST /cluster/ha/resources (``create``) or PUT /cluster/ha/resources/{sid}
-    (``update``): as PVE, create refuses a defined sid (``resource ID '<sid>' already
-    defined``) and a guest without a config anywhere in the cluster (the resource
-    plugin's ``exists``), both refuse an unknown group (check_group_exists) and update
-    refuses an undefined sid. Raises ValueError with PVE's message."""
+    (``update``), as pve-ha-manager's PVE::API2::HA::Resources: create refuses a guest
+    the cluster does not have (PVE::HA::Resources::PVEVM ``exists``) and a defined sid;
+    update refuses an undefined sid and a group groups.cfg lacks; both refuse a group
+    once groups have been migrated to rules (no group left: have_groups_been_migrated).
+    Raises ValueError with PVE's message."""
     m = _SID_RE.fullmatch(sid)
     if m is None:
         raise ValueError(f"unable to parse service id '{sid}'")
     unknown = sorted(set(params) - set(HA_KEYS) - {"sid"})
     if unknown:
         raise ValueError(f"property is not defined in schema: {unknown[0]}")
-    group = params.get("group")
-    if group and group not in _groups(stack.root):
-        raise ValueError(f"group '{group}' does not exist")
+    group, groups = params.get("group"), _groups(stack.root)
+    if group is not None and not groups:
+        raise ValueError("invalid parameter 'group': ha groups have been migrated to rules")
+    if group is not None and not create and group not in groups:
+        raise ValueError(f"HA group '{group}' does not exist")
     with stack._lock:
         sections = list(stack.sections().values())
         match = [s for s in sections if s.sid == sid]
