@@ -229,14 +229,17 @@ class HaStack:
         """One CRM round, then one LRM round."""
         guests = {(g.kind, g.vmid): g for g in config.list_guests(self.root)}
         sections = self.sections()
+        # An ignored resource is no service of the CRM: never added, removed when set
+        # (PVE::HA::Manager::manage, "removing stale service ... ignored state requested").
+        managed = {sid: sec for sid, sec in sections.items() if sec.get("state") != "ignored"}
         commands = self._take_commands()
         changed = False
         with self._lock:
             for sid in list(self._services):
-                if sid not in sections:
+                if sid not in managed:
                     del self._services[sid]
                     changed = True
-            for sid, section in sections.items():
+            for sid, section in managed.items():
                 kind = "qemu" if section.type == "vm" else "lxc"
                 guest = guests.get((kind, section.vmid))
                 service = self._services.get(sid)
