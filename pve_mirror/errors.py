@@ -89,3 +89,10 @@ class LockedError(PveMirrorError):
     """Another pve-mirror operation holds the cluster-wide lock."""
 
     exit_code = 7
+
+
+def listing(items: list[str], most: int = 10, sep: str = " | ") -> str:
+    """Give ``items`` joined for a one-line message: the first ``most``, then how many
+    more (a refusal of 300 guests stays readable)."""
+    shown = sep.join(items[:most])
+    return shown + (f"{sep}and {len(items) - most} more" if len(items) > most else "")

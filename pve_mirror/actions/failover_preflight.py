@@ -30,7 +30,7 @@ from pve_mirror.actions.staging import StagedSet
 from pve_mirror.actions.staging_install import existing_configs, render_for_install
 from pve_mirror.ceph import mirror
 from pve_mirror.ceph.imagespec import ImageSpec
-from pve_mirror.errors import PolicyError, PveMirrorError
+from pve_mirror.errors import PolicyError, PveMirrorError, listing
 from pve_mirror.pve.disks import resolve_guest_disks
 from pve_mirror.pve.root import GuestRef, GuestType
 from pve_mirror.pve.storage import RbdStorage
@@ -58,8 +58,7 @@ def check_moves(
         problems += [f"{move.label}: {p}" for p in found]
     if problems:
         raise PolicyError(
-            f"preflight refused {len(problems)} thing(s), nothing was changed: "
-            + " | ".join(problems)
+            f"preflight refused {len(problems)} thing(s), nothing was changed: " + listing(problems)
         )
     images = sum(len(m.images) for m in moves)
     notes.append(

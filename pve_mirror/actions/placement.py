@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pve_mirror.errors import PolicyError, PveMirrorError
+from pve_mirror.errors import PolicyError, PveMirrorError, listing
 from pve_mirror.pve.api import PveApi
 
 MIB = 1 << 20
@@ -113,7 +113,7 @@ def place(
         if placed.node in rooms:
             rooms[placed.node].free -= wish.memory
     if refused:
-        raise PolicyError(f"cannot place {len(refused)} guest(s): " + " | ".join(refused))
+        raise PolicyError(f"cannot place {len(refused)} guest(s): {listing(refused)}")
     return out
 
 

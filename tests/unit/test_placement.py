@@ -88,3 +88,12 @@ def test_node_rooms_reads_cluster_resources() -> None:
     assert "b2, b3" in why
     rooms, why = node_rooms(_Api(PveApiError("down")), ["b1"])  # type: ignore[arg-type]
     assert rooms == {} and "down" in why
+
+
+def test_a_long_refusal_stays_one_readable_line() -> None:
+    wishes = [Wish(f"VM {100 + i}", GIB) for i in range(30)]
+    with pytest.raises(PolicyError) as info:
+        place(wishes, _rooms(b1=512), "", "site-b")
+    message = str(info.value)
+    assert message.startswith("cannot place 30 guest(s): VM 100: ")
+    assert message.endswith("and 20 more") and "\n" not in message

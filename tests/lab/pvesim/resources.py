@@ -119,9 +119,9 @@ def cluster_resources(sim: Simulator, req: Request, m: re.Match[str]) -> Any:
     return out
 
 
-# Each lab node has 16 GiB, 1 GiB of it used by the host; a running guest uses its
-# ``memory`` (qemu-server and pve-container default to 512 MiB).
-NODE_MAXMEM = 16 << 30
+# Each lab node has 256 GiB (a common size for a PVE+Ceph node), 1 GiB of it used by
+# the host; a running guest uses its ``memory`` (PVE's default: 512 MiB).
+NODE_MAXMEM = 256 << 30
 NODE_BASE_MEM = 1 << 30
 
 
