@@ -60,7 +60,7 @@ def test_firewall_and_ha_come_along_through_failover_and_back(sites: Sites) -> N
         plan = sites.cli(b, "failover", "--dry-run", "vm", str(vm.vmid))
         assert plan.rc == 0, plan.out + plan.err
         assert f"install firewall/{vm.vmid}.fw" in plan.out, plan.out
-        assert "to ignored" in plan.out and "register VM" in plan.out, plan.out
+        assert "to ignored" in plan.out and f"register vm:{vm.vmid} with HA" in plan.out, plan.out
 
         moved = sites.cli(b, "failover", "vm", str(vm.vmid))
         assert moved.rc == 0, moved.out + moved.err
