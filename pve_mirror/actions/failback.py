@@ -37,7 +37,6 @@ from pve_mirror.ceph.syncstate import sync_state
 from pve_mirror.engine.execute_plan import StepOutcome, run_journalled
 from pve_mirror.engine.plan import Plan, Step, step
 from pve_mirror.errors import CephError, NotFoundError, PolicyError
-from pve_mirror.pve import guest_ops, privileges
 from pve_mirror.pve.root import GuestType
 from pve_mirror.waiting import Backoff
 
@@ -145,14 +144,7 @@ class FailbackSteps(FailoverSteps):
     def stop_local(self, item: Step) -> str:
         """Stop the guest here if anything of it runs (paused, io-error, stale status:
         whatever /cluster/resources says) and wait until status/current says stopped."""
-        api = self.ctx.local_api()
-        kind, vmid = item.param("guest_type"), int(item.param("vmid"))
-        guest = guest_ops.find_guest(api, kind, vmid)
-        if guest is None:
-            privileges.require(api, privileges.guest_needs(vmid)[:1],
-                               f"{self.ctx.site.local_name}'s API token")  # fmt: skip
-            return "not here"
-        return guest_ops.ensure_stopped(api, guest.node, kind, vmid, self._deadline())
+        return self.stop_at(item, self.ctx.local_api(), self.ctx.site.local_name, "here")
 
     def demote_local(self, item: Step) -> str:
         spec = ImageSpec.parse(item.param("image"))

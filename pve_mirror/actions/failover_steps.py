@@ -84,14 +84,17 @@ class FailoverSteps:
     def stop_source(self, item: Step) -> str:
         """Stop the guest on the source and wait until status/current says stopped
         (through HA for an HA-managed guest; a paused VM is stopped too)."""
-        api = self.ctx.peer_api()
+        return self.stop_at(item, self.ctx.peer_api(), self.ctx.site.peer().name, "on the source")
+
+    def stop_at(self, item: Step, api: PveApi, site: str, where: str) -> str:
+        """Stop the step's guest through ``api`` (of ``site``) and wait until it is
+        stopped; give ``not <where>`` if the API does not list it, after checking that
+        the token could have seen it (privilege separation): fail closed."""
         vmid, kind = int(item.param("vmid")), item.param("guest_type")
         guest = guest_ops.find_guest(api, kind, vmid)
         if guest is None:
-            # not listed: not there, or not visible to the token (privilege separation)
-            privileges.require(api, privileges.guest_needs(vmid)[:1],
-                               f"{self.ctx.site.peer().name}'s API token")  # fmt: skip
-            return "not on the source"
+            privileges.require(api, privileges.guest_needs(vmid)[:1], f"{site}'s API token")
+            return f"not {where}"
         return guest_ops.ensure_stopped(api, guest.node, kind, vmid, self._deadline())
 
     def _confirm_source_stopped(self, item: Step) -> None:
